@@ -1,0 +1,205 @@
+"""Driver settings: constructor arguments first, then the environment the platform sets."""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from clara._exceptions import ConfigurationError
+from clara._retry import RetryConfig
+
+__all__ = ["ENVIRONMENT_VARIABLES", "DriverTimeouts"]
+
+ENV_TARGET = "NVIDIA_CLARA_STAGE_SERVICE"
+ENV_JOB_ID = "NVIDIA_CLARA_JOBID"
+ENV_STAGE_NAME = "NVIDIA_CLARA_STAGENAME"
+ENV_NOSYNCLOCK = "NVIDIA_CLARA_NOSYNCLOCK"
+ENV_JOB_NAME = "NVIDIA_CLARA_JOBNAME"
+ENV_TIMEOUT = "NVIDIA_CLARA_TIMEOUT"
+ENV_INPUT = "NVIDIA_CLARA_INPUT"
+ENV_OUTPUT = "NVIDIA_CLARA_OUTPUT"
+
+ENVIRONMENT_VARIABLES: Mapping[str, str] = {
+    ENV_TARGET: "Address of the platform's stage service, host:port (required unless standalone).",
+    ENV_JOB_ID: "The job's id, a UUID (required unless standalone).",
+    ENV_STAGE_NAME: "The stage's name in the pipeline (required unless standalone).",
+    ENV_NOSYNCLOCK: "1/true: run standalone, without the platform (inputs are ready at once).",
+    ENV_JOB_NAME: "Standalone only: the job name (default 'standalone').",
+    ENV_TIMEOUT: "Standalone only: the stage timeout in seconds (default 600).",
+    ENV_INPUT: "Standalone only: the input folder (default /input).",
+    ENV_OUTPUT: "Standalone only: the output folder (default /output).",
+}
+"""Every environment variable the driver reads, with what it means."""
+
+DEFAULT_STAGE_TIMEOUT = timedelta(seconds=600)
+MAX_STAGE_TIMEOUT = timedelta(seconds=1800)
+_NAME = re.compile(r"[A-Za-z0-9_-]{1,255}")
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"", "0", "false", "no", "off"}
+
+
+@dataclass(frozen=True, slots=True)
+class DriverTimeouts:
+    """How long the driver waits at each step; every wait of the driver has one of these bounds.
+
+    Attributes:
+        connect: How long to keep retrying the platform at start before failing.
+        inputs: How long to wait for the inputs to become ready.
+        report: How long to keep retrying the outcome report.
+        grace: How long cleanup (and a callback past its deadline) may take before the driver
+            stops waiting for it.
+        rpc: The deadline of one unary call to the platform.
+    """
+
+    connect: timedelta = timedelta(seconds=600)
+    inputs: timedelta = MAX_STAGE_TIMEOUT
+    report: timedelta = timedelta(seconds=60)
+    grace: timedelta = timedelta(seconds=15)
+    rpc: timedelta = timedelta(seconds=10)
+
+    def __post_init__(self) -> None:
+        for name in ("connect", "inputs", "report", "grace", "rpc"):
+            value = getattr(self, name)
+            if not isinstance(value, timedelta) or value <= timedelta(0):
+                raise ConfigurationError(f"DriverTimeouts.{name}", value, "must be a timedelta > 0")
+
+
+@dataclass(frozen=True, slots=True)
+class DriverConfig:
+    """The resolved settings of one driver."""
+
+    target: str
+    job_id: uuid.UUID
+    stage_name: str
+    standalone: bool
+    timeouts: DriverTimeouts = field(default_factory=DriverTimeouts)
+    retry: RetryConfig = field(default_factory=RetryConfig)
+    standalone_job_name: str = "standalone"
+    standalone_timeout: timedelta = DEFAULT_STAGE_TIMEOUT
+    standalone_input: str = "/input"
+    standalone_output: str = "/output"
+
+
+def parse_bool(setting: str, value: str) -> bool:
+    """Parse a boolean setting such as ``NVIDIA_CLARA_NOSYNCLOCK``."""
+    lowered = value.strip().lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise ConfigurationError(setting, value, "expected 1/true/yes/on or 0/false/no/off")
+
+
+def parse_job_id(setting: str, value: object) -> uuid.UUID:
+    """Parse a job id given as a ``uuid.UUID`` or its text form."""
+    if isinstance(value, uuid.UUID):
+        return value
+    if isinstance(value, str):
+        try:
+            return uuid.UUID(value.strip())
+        except ValueError:
+            pass
+    raise ConfigurationError(setting, value, "expected a UUID, e.g. 7c1f0a6e-...")
+
+
+def parse_stage_name(setting: str, value: object) -> str:
+    """Validate a stage name: 1-255 characters of ``[A-Za-z0-9_-]``."""
+    if isinstance(value, str) and _NAME.fullmatch(value):
+        return value
+    raise ConfigurationError(setting, value, "expected 1-255 characters of [A-Za-z0-9_-]")
+
+
+def parse_target(setting: str, value: object) -> str:
+    """Validate a ``host:port`` target (gRPC target URIs such as ``unix:`` pass through)."""
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigurationError(setting, value, "expected host:port, e.g. 127.0.0.1:50051")
+    text = value.strip()
+    if text.startswith(("unix:", "dns:", "ipv4:", "ipv6:")):
+        return text
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigurationError(setting, value, "expected host:port, e.g. 127.0.0.1:50051")
+    return text
+
+
+def parse_timeout_seconds(setting: str, value: str) -> timedelta:
+    """Parse a stage timeout in seconds, between 1 and the platform maximum (1800)."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise ConfigurationError(setting, value, "expected a number of seconds") from None
+    timeout = timedelta(seconds=seconds)
+    if not timedelta(0) < timeout <= MAX_STAGE_TIMEOUT:
+        raise ConfigurationError(setting, value, "expected seconds in (0, 1800]")
+    return timeout
+
+
+def resolve_config(
+    *,
+    target: str | None,
+    job_id: uuid.UUID | str | None,
+    stage_name: str | None,
+    standalone: bool | None,
+    timeouts: DriverTimeouts | None,
+    retry: RetryConfig | None,
+    environ: Mapping[str, str] | None,
+) -> DriverConfig:
+    """Resolve the driver's settings: arguments win, then the environment, then defaults.
+
+    Raises:
+        ConfigurationError: A setting is missing or malformed; the error names the argument or
+            environment variable and its value.
+    """
+    env = os.environ if environ is None else environ
+    if standalone is None:
+        standalone = parse_bool(ENV_NOSYNCLOCK, env.get(ENV_NOSYNCLOCK, ""))
+
+    def pick(arg: object, arg_name: str, var: str) -> tuple[str, object]:
+        if arg is not None:
+            return arg_name, arg
+        return var, env.get(var)
+
+    setting, raw_job_id = pick(job_id, "job_id", ENV_JOB_ID)
+    if raw_job_id is None and standalone:
+        resolved_job_id = uuid.uuid4()
+    else:
+        resolved_job_id = parse_job_id(setting, raw_job_id)
+
+    setting, raw_stage = pick(stage_name, "stage_name", ENV_STAGE_NAME)
+    if raw_stage is None and standalone:
+        raw_stage = "stage"
+    resolved_stage = parse_stage_name(setting, raw_stage)
+
+    setting, raw_target = pick(target, "target", ENV_TARGET)
+    resolved_target = "" if standalone and raw_target is None else parse_target(setting, raw_target)
+
+    config = DriverConfig(
+        target=resolved_target,
+        job_id=resolved_job_id,
+        stage_name=resolved_stage,
+        standalone=standalone,
+        timeouts=timeouts or DriverTimeouts(),
+        retry=retry or RetryConfig(),
+    )
+    if not standalone:
+        return config
+    timeout = env.get(ENV_TIMEOUT)
+    stage_timeout = (
+        DEFAULT_STAGE_TIMEOUT if timeout is None else parse_timeout_seconds(ENV_TIMEOUT, timeout)
+    )
+    return DriverConfig(
+        target=config.target,
+        job_id=config.job_id,
+        stage_name=config.stage_name,
+        standalone=True,
+        timeouts=config.timeouts,
+        retry=config.retry,
+        standalone_job_name=env.get(ENV_JOB_NAME) or "standalone",
+        standalone_timeout=stage_timeout,
+        standalone_input=env.get(ENV_INPUT) or "/input",
+        standalone_output=env.get(ENV_OUTPUT) or "/output",
+    )

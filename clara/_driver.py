@@ -1,0 +1,629 @@
+"""The pipeline stage driver: runs an operator's life-cycle against the platform.
+
+The whole life-cycle is :meth:`Driver._run_lifecycle`, read top to bottom:
+
+    CREATED --start()--> CONNECTING --context--> PREPARING --> WAITING_FOR_INPUTS
+        --inputs ready--> EXECUTING --> CLEANING_UP --> REPORTING --> COMPLETED
+
+Any failure, cancellation or timeout skips ahead to CLEANING_UP: cleanup runs on every path
+once ``start()`` was called, and the outcome is reported exactly once (one report id, retried
+until acknowledged or the report deadline passes).
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from concurrent import futures
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Generic, TypeVar
+
+import grpc
+
+from clara._config import DriverConfig, DriverTimeouts, resolve_config
+from clara._context import StageContext
+from clara._exceptions import (
+    ClaraError,
+    ConfigurationError,
+    ContextUnavailableError,
+    DriverStateError,
+    PlatformError,
+    WaitTimeoutError,
+)
+from clara._notifications import Notification, NotificationKind
+from clara._payload import Payload
+from clara._result import StageOutcome, StageResult
+from clara._retry import RetryConfig, call_with_retry
+from clara._stage_link import (
+    EventKind,
+    GrpcStageLink,
+    Signal,
+    SignalKind,
+    StageLink,
+    StandaloneStageLink,
+)
+
+__all__ = ["Driver", "DriverState"]
+
+_log = logging.getLogger("clara")
+
+AppData = TypeVar("AppData")
+PrepareCallback = Callable[["Driver[Any]"], bool]
+ExecuteCallback = Callable[["Driver[Any]", Payload], bool]
+CleanupCallback = Callable[["Driver[Any]"], bool]
+NotifyCallback = Callable[["Driver[Any]", Notification], None]
+
+_DEFAULT_WORKERS = 4
+_ERROR_LEVELS = {
+    NotificationKind.ERROR: logging.ERROR,
+    NotificationKind.TIMED_OUT: logging.WARNING,
+    NotificationKind.CANCELLED: logging.WARNING,
+    NotificationKind.CONNECT_RETRY: logging.WARNING,
+    NotificationKind.STREAM_RECONNECTING: logging.WARNING,
+}
+
+
+class DriverState(enum.Enum):
+    """Where the driver is in its life-cycle."""
+
+    CREATED = "created"
+    CONNECTING = "connecting"
+    PREPARING = "preparing"
+    WAITING_FOR_INPUTS = "waiting_for_inputs"
+    EXECUTING = "executing"
+    CLEANING_UP = "cleaning_up"
+    REPORTING = "reporting"
+    COMPLETED = "completed"
+
+
+class _CallEnd(enum.Enum):
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    INTERRUPTED = "interrupted"
+    TIMED_OUT = "timed_out"
+
+
+@dataclass(frozen=True, slots=True)
+class _CallResult:
+    end: _CallEnd
+    message: str = ""
+    error: BaseException | None = None
+
+
+class _Signals:
+    """What the signal stream has said so far, as futures the orchestrator can wait on.
+
+    ``decided`` completes with the first decisive signal (inputs ready, cancelled, upstream
+    failed, completed elsewhere) or with the stream's permanent error; ``cancelled`` completes
+    when the stage must stop. Only the watcher thread writes them.
+    """
+
+    def __init__(self) -> None:
+        self.decided: futures.Future[Signal] = futures.Future()
+        self.cancelled: futures.Future[Signal] = futures.Future()
+
+    def deliver(self, signal: Signal) -> None:
+        if signal.kind is SignalKind.WAITING:
+            return
+        if not self.decided.done():
+            self.decided.set_result(signal)
+        if signal.kind is not SignalKind.INPUTS_READY and not self.cancelled.done():
+            self.cancelled.set_result(signal)
+
+    def fail(self, error: BaseException) -> None:
+        if not self.decided.done():
+            self.decided.set_exception(error)
+
+
+class Driver(Generic[AppData]):
+    """Runs one pipeline stage's life-cycle: prepare, wait for inputs, execute, cleanup.
+
+    Each callback is optional and returns ``True`` on success or ``False`` on failure; a
+    callback that raises, returns anything but a bool, or runs past its deadline fails the
+    stage with a message naming the callback. Callbacks run on the driver's thread pool (one
+    it creates and shuts down, or the ``executor`` given, which it never shuts down);
+    notifications are delivered in order on a thread of the driver's own.
+
+    Settings come from the arguments first, then from the environment the platform sets
+    (``NVIDIA_CLARA_STAGE_SERVICE``, ``NVIDIA_CLARA_JOBID``, ``NVIDIA_CLARA_STAGENAME``,
+    ``NVIDIA_CLARA_NOSYNCLOCK``; see ``clara.ENVIRONMENT_VARIABLES``).
+
+    ``job_id`` and ``stage_name`` are known from construction. ``job_name``,
+    ``stage_timeout`` and ``context`` are known once the platform sent the stage context
+    (before ``prepare`` runs); reading them earlier raises :class:`ContextUnavailableError`
+    rather than blocking.
+
+    Thread-safety: properties, ``start()`` and ``wait_for_completion()`` may be called from
+    any thread; ``start()`` succeeds exactly once.
+
+    Args:
+        prepare: ``prepare(driver) -> bool``, called before the inputs are ready.
+        execute: ``execute(driver, payload) -> bool``, called once the inputs are ready.
+        cleanup: ``cleanup(driver) -> bool``, called last on every path.
+        notify: ``notify(driver, notification)``, called for every life-cycle event.
+        app_data: Any object, returned by :attr:`app_data` for the callbacks' use.
+        target: The stage service's address (``host:port``).
+        job_id: The job's id.
+        stage_name: The stage's name.
+        standalone: Run without the platform (default: ``NVIDIA_CLARA_NOSYNCLOCK``).
+        timeouts: How long each step may wait.
+        retry: The backoff policy for transient platform failures.
+        executor: The pool to run callbacks on; the driver does not shut it down.
+        channel: A gRPC channel to the stage service; the driver does not close it.
+        environ: The environment to read settings from (default: ``os.environ``).
+
+    Raises:
+        ConfigurationError: A setting is missing or malformed; the message names it.
+    """
+
+    def __init__(
+        self,
+        prepare: PrepareCallback | None = None,
+        execute: ExecuteCallback | None = None,
+        cleanup: CleanupCallback | None = None,
+        notify: NotifyCallback | None = None,
+        app_data: AppData | None = None,
+        *,
+        target: str | None = None,
+        job_id: uuid.UUID | str | None = None,
+        stage_name: str | None = None,
+        standalone: bool | None = None,
+        timeouts: DriverTimeouts | None = None,
+        retry: RetryConfig | None = None,
+        executor: futures.Executor | None = None,
+        channel: grpc.Channel | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
+        for name, callback in (
+            ("prepare", prepare),
+            ("execute", execute),
+            ("cleanup", cleanup),
+            ("notify", notify),
+        ):
+            if callback is not None and not callable(callback):
+                raise ConfigurationError(name, callback, "must be callable or None")
+        self._prepare = prepare
+        self._execute = execute
+        self._cleanup = cleanup
+        self._notify = notify
+        self._app_data = app_data
+        self._config: DriverConfig = resolve_config(
+            target=target,
+            job_id=job_id,
+            stage_name=stage_name,
+            standalone=standalone,
+            timeouts=timeouts,
+            retry=retry,
+            environ=environ,
+        )
+        self._given_executor = executor
+        self._given_channel = channel
+        self._lock = threading.Lock()
+        self._state = DriverState.CREATED
+        self._context: StageContext | None = None
+        self._result: StageResult | None = None
+        self._done = threading.Event()
+        self._stop = threading.Event()
+        self._signals = _Signals()
+        # Notifications are delivered in order on one thread of the driver's own, so a slow
+        # notification callback never stalls the life-cycle. Threads start on first use.
+        self._notifier = futures.ThreadPoolExecutor(1, thread_name_prefix="clara-notify")
+        self._log_fields = {"job_id": str(self._config.job_id), "stage": self._config.stage_name}
+
+    # -- public surface -------------------------------------------------------------------
+
+    @property
+    def app_data(self) -> AppData | None:
+        """The application data given to the constructor."""
+        return self._app_data
+
+    @property
+    def job_id(self) -> uuid.UUID:
+        """The job's id (known from construction)."""
+        return self._config.job_id
+
+    @property
+    def stage_name(self) -> str:
+        """The stage's name (known from construction)."""
+        return self._config.stage_name
+
+    @property
+    def context(self) -> StageContext:
+        """The stage context sent by the platform.
+
+        Raises:
+            ContextUnavailableError: The context has not been received yet.
+        """
+        context = self._context
+        if context is None:
+            raise ContextUnavailableError(
+                "the stage context is not known yet: it arrives after start(), before prepare "
+                "runs; read it from a callback or after wait_for_completion()"
+            )
+        return context
+
+    @property
+    def job_name(self) -> str:
+        """The job's name (from the stage context; see :attr:`context`)."""
+        return self.context.job_name
+
+    @property
+    def stage_timeout(self) -> timedelta:
+        """How long execute may run (from the stage context; see :attr:`context`)."""
+        return self.context.stage_timeout
+
+    @property
+    def state(self) -> DriverState:
+        """Where the driver is in its life-cycle."""
+        return self._state
+
+    @property
+    def cancel_requested(self) -> bool:
+        """True once the platform cancelled the stage: a long callback should return early."""
+        return self._signals.cancelled.done()
+
+    def start(self) -> None:
+        """Begin the life-cycle on the driver's own threads and return at once.
+
+        Raises:
+            DriverStateError: ``start()`` was already called.
+        """
+        with self._lock:
+            if self._state is not DriverState.CREATED:
+                raise DriverStateError(
+                    f"start() was already called (driver is {self._state.value}); "
+                    "a driver runs one life-cycle"
+                )
+            self._state = DriverState.CONNECTING
+        threading.Thread(
+            target=self._run_lifecycle, name=f"clara-driver-{self.stage_name}", daemon=False
+        ).start()
+
+    def wait_for_completion(self, timeout: float | timedelta | None = None) -> StageResult:
+        """Block until the life-cycle ends and return how the stage ended.
+
+        The life-cycle itself is bounded (connect, inputs, stage and report timeouts plus
+        grace periods), so waiting without a timeout does not hang forever. After completion
+        this returns at once.
+
+        Args:
+            timeout: Stop waiting after this long (seconds or a timedelta).
+
+        Returns:
+            The stage's result; failures are results too, not exceptions.
+
+        Raises:
+            DriverStateError: ``start()`` has not been called.
+            WaitTimeoutError: ``timeout`` passed before the life-cycle ended.
+        """
+        if self._state is DriverState.CREATED:
+            raise DriverStateError("wait_for_completion() called before start()")
+        seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else timeout
+        if not self._done.wait(seconds):
+            raise WaitTimeoutError(
+                f"stage {self.stage_name} still {self._state.value} after {timeout} "
+                "(wait_for_completion timeout)"
+            )
+        assert self._result is not None  # set before _done
+        return self._result
+
+    # -- the life-cycle, top to bottom ----------------------------------------------------
+
+    def _run_lifecycle(self) -> None:
+        timeouts = self._config.timeouts
+        owned_pool = None
+        executor = self._given_executor
+        if executor is None:
+            owned_pool = futures.ThreadPoolExecutor(
+                _DEFAULT_WORKERS, thread_name_prefix=f"clara-callback-{self.stage_name}"
+            )
+            executor = owned_pool
+        self._emit(NotificationKind.STARTED, f"stage {self.stage_name} of job {self.job_id}")
+        link = self._open_link()
+        watcher: threading.Thread | None = None
+        result: StageResult
+        try:
+            self._context = self._fetch_context(link)
+            self._emit(
+                NotificationKind.CONTEXT_RECEIVED,
+                f"job {self.job_name!r}, stage timeout {self.stage_timeout}",
+            )
+            link.report_event(EventKind.CONTEXT_RECEIVED, "")
+            watcher = threading.Thread(
+                target=self._watch, args=(link,), name="clara-watch", daemon=True
+            )
+            watcher.start()
+            result = self._prepare_and_execute(executor, link)
+        except ClaraError as error:
+            result = StageResult(StageOutcome.FAILED, f"platform: {error}", error)
+            self._emit(NotificationKind.ERROR, result.message, error)
+        except Exception as error:  # a defect of the driver: still clean up and report
+            _log.exception("driver failed unexpectedly", extra=self._log_fields)
+            result = StageResult(StageOutcome.FAILED, f"driver error: {error!r}", error)
+            self._emit(NotificationKind.ERROR, result.message, error)
+
+        self._set_state(DriverState.CLEANING_UP)
+        result = self._run_cleanup(executor, link, result)
+        if self._context is not None:
+            self._set_state(DriverState.REPORTING)
+            result = self._report(link, result)
+        else:
+            _log.error(
+                "outcome %s not reported: the platform was never reached",
+                result.outcome.value,
+                extra=self._log_fields,
+            )
+
+        self._stop.set()
+        link.close()
+        if watcher is not None:
+            watcher.join(timeouts.grace.total_seconds())
+        if owned_pool is not None:
+            owned_pool.shutdown(wait=False, cancel_futures=True)
+        self._result = result
+        self._set_state(DriverState.COMPLETED)
+        self._emit(NotificationKind.COMPLETED, f"{result.outcome.value}: {result.message}")
+        # Deliver queued notifications before waiters wake, but never wait on a stuck one.
+        drained = self._notifier.submit(lambda: None)
+        self._notifier.shutdown(wait=False)
+        futures.wait([drained], timeout=timeouts.grace.total_seconds())
+        self._done.set()
+
+    def _prepare_and_execute(self, executor: futures.Executor, link: StageLink) -> StageResult:
+        timeouts = self._config.timeouts
+        inputs_deadline = time.monotonic() + timeouts.inputs.total_seconds()
+        if self._prepare is not None:
+            self._set_state(DriverState.PREPARING)
+            call = self._call(executor, link, "prepare", self._prepare, (self,), inputs_deadline)
+            if call.end is not _CallEnd.SUCCEEDED:
+                return self._result_of("prepare", call, timeouts.inputs)
+
+        self._set_state(DriverState.WAITING_FOR_INPUTS)
+        self._emit(NotificationKind.WAITING_FOR_INPUTS, "waiting for upstream stages")
+        try:
+            signal = self._signals.decided.result(max(inputs_deadline - time.monotonic(), 0))
+        except futures.TimeoutError:
+            message = f"inputs not ready within {timeouts.inputs}"
+            self._emit(NotificationKind.ERROR, message)
+            return StageResult(StageOutcome.FAILED, message)
+        except ClaraError as error:
+            return StageResult(StageOutcome.FAILED, f"lost the signal stream: {error}", error)
+        if signal.kind is not SignalKind.INPUTS_READY:
+            return self._cancelled(signal)
+        self._emit(NotificationKind.INPUTS_READY, signal.message or "every upstream stage done")
+        link.report_event(EventKind.INPUTS_READY, "")
+
+        if self._execute is None:
+            return StageResult(StageOutcome.SUCCEEDED, "no execute callback")
+        self._set_state(DriverState.EXECUTING)
+        context = self.context
+        payload = Payload(context.inputs, context.outputs)
+        execute_deadline = time.monotonic() + context.stage_timeout.total_seconds()
+        call = self._call(
+            executor, link, "execute", self._execute, (self, payload), execute_deadline
+        )
+        if call.end is _CallEnd.SUCCEEDED:
+            return StageResult(StageOutcome.SUCCEEDED, "all callbacks succeeded")
+        return self._result_of("execute", call, context.stage_timeout)
+
+    def _run_cleanup(
+        self, executor: futures.Executor, link: StageLink, result: StageResult
+    ) -> StageResult:
+        if self._cleanup is None:
+            return result
+        deadline = time.monotonic() + self._config.timeouts.grace.total_seconds()
+        call = self._call(executor, link, "cleanup", self._cleanup, (self,), deadline)
+        if call.end is _CallEnd.SUCCEEDED:
+            return result
+        if result.succeeded:
+            return StageResult(StageOutcome.FAILED, call.message, call.error)
+        return StageResult(
+            result.outcome, f"{result.message}; cleanup also failed: {call.message}", result.error
+        )
+
+    def _report(self, link: StageLink, result: StageResult) -> StageResult:
+        report_id = uuid.uuid4().hex
+        deadline = time.monotonic() + self._config.timeouts.report.total_seconds()
+        rpc_timeout = self._config.timeouts.rpc.total_seconds()
+        try:
+            state, applied = call_with_retry(
+                lambda left: link.complete(
+                    report_id, result.outcome, result.message, min(left, rpc_timeout)
+                ),
+                policy=self._config.retry,
+                deadline=deadline,
+                stop=threading.Event(),  # reporting is never abandoned early
+                on_retry=self._on_retry("CompleteStage"),
+            )
+        except PlatformError as error:
+            message = f"could not report outcome {result.outcome.value}: {error}"
+            self._emit(NotificationKind.ERROR, message, error)
+            return StageResult(result.outcome, result.message, result.error or error)
+        if applied:
+            self._emit(NotificationKind.OUTCOME_REPORTED, f"{result.outcome.value} -> {state}")
+        else:
+            self._emit(
+                NotificationKind.OUTCOME_REPORTED,
+                f"{result.outcome.value} acknowledged, but the stage was already {state}",
+            )
+        return StageResult(result.outcome, result.message, result.error, reported=True)
+
+    # -- steps ----------------------------------------------------------------------------
+
+    def _open_link(self) -> StageLink:
+        if self._config.standalone:
+            return StandaloneStageLink(self._config)
+        return GrpcStageLink(self._config, self._given_channel)
+
+    def _fetch_context(self, link: StageLink) -> StageContext:
+        timeouts = self._config.timeouts
+        rpc_timeout = timeouts.rpc.total_seconds()
+        context = call_with_retry(
+            lambda left: link.fetch_context(min(left, rpc_timeout)),
+            policy=self._config.retry,
+            deadline=time.monotonic() + timeouts.connect.total_seconds(),
+            stop=self._stop,
+            on_retry=self._on_retry("GetStageContext"),
+        )
+        self._emit(NotificationKind.CONNECTED, self._config.target or "standalone")
+        return context
+
+    def _watch(self, link: StageLink) -> None:
+        """Feed the signal stream into ``self._signals``; reconnect when it breaks."""
+        config = self._config
+        context = self.context
+        deadline = (
+            time.monotonic()
+            + (
+                config.timeouts.inputs + context.stage_timeout + 2 * config.timeouts.grace
+            ).total_seconds()
+        )
+        attempt = 0
+        while not self._stop.is_set():
+            try:
+                for signal in link.watch(max(deadline - time.monotonic(), 0.001)):
+                    attempt = 0
+                    self._signals.deliver(signal)
+                return
+            except PlatformError as error:
+                if self._stop.is_set():
+                    return
+                transient = error.code in (
+                    grpc.StatusCode.UNAVAILABLE,
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                )
+                if not transient or time.monotonic() >= deadline:
+                    self._emit(NotificationKind.ERROR, f"signal stream failed: {error}", error)
+                    self._signals.fail(error)
+                    return
+                attempt += 1
+                delay = config.retry.delay(attempt)
+                self._emit(
+                    NotificationKind.STREAM_RECONNECTING,
+                    f"attempt {attempt}: {error}; reconnecting in {delay:.2f} s",
+                    error,
+                )
+                if self._stop.wait(delay):
+                    return
+
+    def _call(  # noqa: PLR0917 - private; every argument is needed on each call
+        self,
+        executor: futures.Executor,
+        link: StageLink,
+        name: str,
+        callback: Callable[..., Any],
+        args: tuple[Any, ...],
+        deadline: float,
+    ) -> _CallResult:
+        """Run one callback on the pool until it returns, its deadline passes, or a cancel.
+
+        Cleanup is never interrupted by cancellation: it is what runs after one.
+        """
+        started = NotificationKind[f"{name.upper()}_STARTED"]
+        finished = NotificationKind[f"{name.upper()}_FINISHED"]
+        self._emit(started, name)
+        link.report_event(EventKind[f"{name.upper()}_STARTED"], "")
+        future = executor.submit(callback, *args)
+        waited: list[futures.Future[Any]] = [future]
+        if name != "cleanup":
+            waited.append(self._signals.cancelled)
+        futures.wait(
+            waited, timeout=max(deadline - time.monotonic(), 0), return_when="FIRST_COMPLETED"
+        )
+        if not future.done():
+            if self._signals.cancelled.done() and name != "cleanup":
+                signal = self._signals.cancelled.result()
+                return _CallResult(_CallEnd.INTERRUPTED, signal.message)
+            future.cancel()
+            message = f"{name} did not return before its deadline"
+            self._emit(
+                NotificationKind.TIMED_OUT if name == "execute" else NotificationKind.ERROR, message
+            )
+            return _CallResult(_CallEnd.TIMED_OUT, message)
+        error = future.exception()
+        if error is not None:
+            message = f"{name} raised {type(error).__name__}: {error}"
+            self._emit(NotificationKind.ERROR, message, error)
+            link.report_event(EventKind.ERROR, message)
+            return _CallResult(_CallEnd.FAILED, message, error)
+        value = future.result()
+        self._emit(finished, f"{name} returned {value!r}")
+        link.report_event(EventKind[f"{name.upper()}_FINISHED"], repr(value))
+        if value is True:
+            return _CallResult(_CallEnd.SUCCEEDED)
+        if value is False:
+            return _CallResult(_CallEnd.FAILED, f"{name} returned False")
+        return _CallResult(_CallEnd.FAILED, f"{name} returned {value!r}; expected True or False")
+
+    def _result_of(self, name: str, call: _CallResult, limit: timedelta) -> StageResult:
+        if call.end is _CallEnd.INTERRUPTED:
+            return self._cancelled(self._signals.cancelled.result())
+        if call.end is _CallEnd.TIMED_OUT:
+            outcome = StageOutcome.TIMED_OUT if name == "execute" else StageOutcome.FAILED
+            return StageResult(outcome, f"{name} did not finish within {limit}")
+        return StageResult(StageOutcome.FAILED, call.message, call.error)
+
+    def _cancelled(self, signal: Signal) -> StageResult:
+        reason = {
+            SignalKind.JOB_CANCELLED: "the job was cancelled",
+            SignalKind.UPSTREAM_FAILED: "an upstream stage did not succeed",
+            SignalKind.COMPLETED: "the platform already completed the stage",
+        }.get(signal.kind, signal.kind.value)
+        message = f"{reason}: {signal.message}" if signal.message else reason
+        self._emit(NotificationKind.CANCELLED, message)
+        return StageResult(StageOutcome.CANCELLED, message)
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    def _set_state(self, state: DriverState) -> None:
+        with self._lock:
+            self._state = state
+        _log.debug("state -> %s", state.value, extra=self._log_fields)
+
+    def _on_retry(self, method: str) -> Callable[[int, PlatformError, float], None]:
+        def on_retry(attempt: int, error: PlatformError, delay: float) -> None:
+            self._emit(
+                NotificationKind.CONNECT_RETRY,
+                f"{method} attempt {attempt} failed ({error.code.name}); retrying in {delay:.2f} s",
+                error,
+            )
+
+        return on_retry
+
+    def _emit(
+        self, kind: NotificationKind, message: str, error: BaseException | None = None
+    ) -> None:
+        """Log the event on the ``clara`` logger and hand it to the notification callback."""
+        _log.log(
+            _ERROR_LEVELS.get(kind, logging.INFO),
+            "%s: %s",
+            kind.value,
+            message,
+            extra={**self._log_fields, "event": kind.value},
+            exc_info=error if kind is NotificationKind.ERROR and error is not None else None,
+        )
+        if self._notify is None:
+            return
+        notification = Notification(kind, message, error)
+        try:
+            self._notifier.submit(self._deliver, notification)
+        except RuntimeError:  # already shut down (a late watcher message): log, don't drop
+            _log.warning(
+                "notification %s after completion: %s", kind.value, message, extra=self._log_fields
+            )
+
+    def _deliver(self, notification: Notification) -> None:
+        assert self._notify is not None
+        try:
+            self._notify(self, notification)
+        except Exception:
+            _log.exception(
+                "notification callback raised on %s",
+                notification.kind.value,
+                extra=self._log_fields,
+            )

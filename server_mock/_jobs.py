@@ -1,0 +1,350 @@
+"""Jobs and their stages: the platform's DAG state machine.
+
+Everything here runs on the mock platform's event-loop thread, so it needs no locks. A job's
+stages form a DAG: a stage's inputs become ready when every upstream stage succeeded; a stage
+that does not succeed cancels its dependants (transitively) without running them; when every
+stage is terminal the job is terminal. Watchers wait on :meth:`Job.changed`, a broadcast that
+fires on every change, and recompute what they need (level-triggered, never missing an edge).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from types import MappingProxyType
+
+__all__ = [
+    "InputRef",
+    "Job",
+    "JobState",
+    "JobStore",
+    "Stage",
+    "StageSpec",
+    "StageState",
+    "UnknownJobError",
+    "UnknownStageError",
+]
+
+MAX_EVENTS_PER_STAGE = 256
+
+
+class StageState(enum.Enum):
+    """A stage's state; the last four are terminal."""
+
+    WAITING = "waiting"
+    READY = "ready"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    TIMED_OUT = "timed_out"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        """True for SUCCEEDED, FAILED, TIMED_OUT and CANCELLED."""
+        return self not in (StageState.WAITING, StageState.READY)
+
+
+class JobState(enum.Enum):
+    """A job's state."""
+
+    CREATED = "created"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        """True for SUCCEEDED, FAILED and CANCELLED."""
+        return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
+
+
+class CancelReason(enum.Enum):
+    """Why the platform cancelled a stage."""
+
+    JOB_CANCELLED = "job_cancelled"
+    UPSTREAM_FAILED = "upstream_failed"
+
+
+@dataclass(frozen=True, slots=True)
+class InputRef:
+    """One input of a stage.
+
+    Attributes:
+        path: Where the stage reads it (a local folder).
+        from_stage: The upstream stage; ``""`` for the job's input payload.
+        from_output: The upstream output's name; ``""`` for its unnamed output.
+        name: The input entry's name.
+    """
+
+    path: str
+    from_stage: str = ""
+    from_output: str = ""
+    name: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class OutputRef:
+    """One output of a stage: its name and the local folder it is written to."""
+
+    path: str
+    name: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class StageSpec:
+    """What the platform knows of a stage before the job starts."""
+
+    name: str
+    inputs: tuple[InputRef, ...] = ()
+    outputs: tuple[OutputRef, ...] = ()
+    timeout: timedelta = timedelta(seconds=600)
+    variables: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+
+    @property
+    def upstream(self) -> frozenset[str]:
+        """The stages this stage's inputs come from."""
+        return frozenset(i.from_stage for i in self.inputs if i.from_stage)
+
+
+@dataclass(slots=True)
+class StageEvent:
+    """A life-cycle event a driver reported, with the platform's receive time."""
+
+    kind: str
+    message: str
+    received: float
+
+
+@dataclass(slots=True)
+class Stage:
+    """A stage of a running job (mutable; owned by the loop thread)."""
+
+    spec: StageSpec
+    state: StageState = StageState.WAITING
+    message: str = ""
+    report_id: str = ""
+    reports_applied: int = 0
+    cancel_reason: CancelReason | None = None
+    ready_at: float | None = None
+    ended_at: float | None = None
+    events: list[StageEvent] = field(default_factory=list)
+
+
+class UnknownJobError(LookupError):
+    """No job has the given id."""
+
+
+class UnknownStageError(LookupError):
+    """The job has no stage with the given name."""
+
+
+_OUTCOME_STATES = {
+    "succeeded": StageState.SUCCEEDED,
+    "failed": StageState.FAILED,
+    "timed_out": StageState.TIMED_OUT,
+    "cancelled": StageState.CANCELLED,
+}
+
+
+class Job:
+    """A job: its stages and the DAG rules between them."""
+
+    def __init__(
+        self,
+        job_id: uuid.UUID,
+        name: str,
+        pipeline_id: str,
+        stages: Iterable[StageSpec],
+    ) -> None:
+        self.job_id = job_id
+        self.name = name
+        self.pipeline_id = pipeline_id
+        self.stages: dict[str, Stage] = {}
+        for spec in stages:
+            if spec.name in self.stages:
+                raise ValueError(f"stage {spec.name!r} is defined twice")
+            self.stages[spec.name] = Stage(spec)
+        for stage in self.stages.values():
+            unknown = stage.spec.upstream - self.stages.keys()
+            if unknown:
+                raise ValueError(f"stage {stage.spec.name!r} reads from unknown {sorted(unknown)}")
+        if not self.stages:
+            raise ValueError("a job needs at least one stage")
+        self.state = JobState.CREATED
+        self.message = ""
+        self.created_at = time.time()
+        self.started_at: float | None = None
+        self.ended_at: float | None = None
+        self._changed = asyncio.Event()
+
+    # -- waiting ------------------------------------------------------------------------
+
+    def changed(self) -> asyncio.Event:
+        """Return the event the next change of this job sets (take it before reading state)."""
+        return self._changed
+
+    def _broadcast(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    # -- lookups ------------------------------------------------------------------------
+
+    def stage(self, name: str) -> Stage:
+        """Return the stage called ``name``.
+
+        Raises:
+            UnknownStageError: No such stage.
+        """
+        try:
+            return self.stages[name]
+        except KeyError:
+            raise UnknownStageError(f"job {self.job_id} has no stage {name!r}") from None
+
+    def downstream(self, name: str) -> list[str]:
+        """Return the stages that read directly from ``name``."""
+        return [s.spec.name for s in self.stages.values() if name in s.spec.upstream]
+
+    # -- transitions --------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the job: stages without upstream stages become ready."""
+        if self.state is not JobState.CREATED:
+            raise ValueError(f"job {self.job_id} is already {self.state.value}")
+        self.state = JobState.RUNNING
+        self.started_at = time.time()
+        for stage in self.stages.values():
+            self._update_readiness(stage)
+        self._broadcast()
+
+    def complete_stage(
+        self, name: str, report_id: str, outcome: str, message: str
+    ) -> tuple[StageState, bool]:
+        """Apply a stage's outcome report, once per stage.
+
+        Returns:
+            The stage's state after the report, and whether the report with this id is the
+            one that set it (a retried report gets the same answer as the first).
+        """
+        stage = self.stage(name)
+        if stage.state.terminal:
+            return stage.state, bool(stage.report_id) and stage.report_id == report_id
+        stage.report_id = report_id
+        stage.reports_applied += 1
+        self._end_stage(stage, _OUTCOME_STATES[outcome], message)
+        self._settle()
+        return stage.state, True
+
+    def fail_stage(self, name: str, state: StageState, message: str) -> bool:
+        """End a stage from the platform's side (e.g. its process died or timed out).
+
+        Returns:
+            False when the stage was already terminal (nothing changed).
+        """
+        stage = self.stage(name)
+        if stage.state.terminal:
+            return False
+        self._end_stage(stage, state, message)
+        self._settle()
+        return True
+
+    def cancel(self, message: str = "cancelled by request") -> bool:
+        """Cancel every stage that has not ended; return False if the job already ended."""
+        if self.state.terminal:
+            return False
+        for stage in self.stages.values():
+            if not stage.state.terminal:
+                stage.cancel_reason = CancelReason.JOB_CANCELLED
+                self._end_stage(stage, StageState.CANCELLED, message)
+        self.state = JobState.CANCELLED
+        self.message = message
+        self.ended_at = time.time()
+        self._broadcast()
+        return True
+
+    def record_event(self, name: str, kind: str, message: str) -> None:
+        """Keep a driver's progress event (the newest ``MAX_EVENTS_PER_STAGE`` per stage)."""
+        events = self.stage(name).events
+        events.append(StageEvent(kind, message, time.time()))
+        del events[:-MAX_EVENTS_PER_STAGE]
+        self._broadcast()
+
+    # -- internals ----------------------------------------------------------------------
+
+    def _end_stage(self, stage: Stage, state: StageState, message: str) -> None:
+        stage.state = state
+        stage.message = message
+        stage.ended_at = time.time()
+
+    def _update_readiness(self, stage: Stage) -> None:
+        if stage.state is not StageState.WAITING or self.state is not JobState.RUNNING:
+            return
+        if all(self.stages[u].state is StageState.SUCCEEDED for u in stage.spec.upstream):
+            stage.state = StageState.READY
+            stage.ready_at = time.time()
+
+    def _settle(self) -> None:
+        """Propagate the consequences of a stage ending, then end the job if all stages did."""
+        pending = [s for s in self.stages.values() if s.state.terminal]
+        seen: set[str] = set()
+        while pending:
+            ended = pending.pop()
+            if ended.spec.name in seen:
+                continue
+            seen.add(ended.spec.name)
+            for name in self.downstream(ended.spec.name):
+                child = self.stages[name]
+                if ended.state is StageState.SUCCEEDED:
+                    self._update_readiness(child)
+                elif not child.state.terminal:
+                    child.cancel_reason = CancelReason.UPSTREAM_FAILED
+                    self._end_stage(
+                        child,
+                        StageState.CANCELLED,
+                        f"upstream stage {ended.spec.name} {ended.state.value}",
+                    )
+                    pending.append(child)
+        if self.state is JobState.RUNNING and all(s.state.terminal for s in self.stages.values()):
+            failed = [s for s in self.stages.values() if s.state is not StageState.SUCCEEDED]
+            self.state = JobState.FAILED if failed else JobState.SUCCEEDED
+            self.message = (
+                "; ".join(f"{s.spec.name}: {s.state.value} ({s.message})" for s in failed)
+                if failed
+                else "all stages succeeded"
+            )
+            self.ended_at = time.time()
+        self._broadcast()
+
+
+class JobStore:
+    """All jobs of the platform, by id."""
+
+    def __init__(self) -> None:
+        self._jobs: dict[uuid.UUID, Job] = {}
+
+    def add(self, job: Job) -> Job:
+        """Register a new job."""
+        if job.job_id in self._jobs:
+            raise ValueError(f"job {job.job_id} already exists")
+        self._jobs[job.job_id] = job
+        return job
+
+    def get(self, job_id: uuid.UUID) -> Job:
+        """Return the job with this id.
+
+        Raises:
+            UnknownJobError: No such job.
+        """
+        try:
+            return self._jobs[job_id]
+        except KeyError:
+            raise UnknownJobError(f"no job {job_id}") from None
+
+    def all(self) -> list[Job]:
+        """Every job, oldest first."""
+        return list(self._jobs.values())

@@ -1,0 +1,332 @@
+"""The mock platform: a ``grpc.aio`` server on its own event-loop thread, plus a sync API.
+
+All platform state lives on the loop thread; the synchronous methods here (used by tests, the
+CLI and the process runner) hand work to that thread with ``run_coroutine_threadsafe`` and wait
+for the answer with a deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import threading
+import uuid
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from clara._proto.nvidia.clara.platform.stage.v1 import stage_service_pb2 as stage_pb
+from clara._proto.nvidia.clara.platform.stage.v1 import stage_service_pb2_grpc as stage_grpc
+from server_mock._jobs import Job, JobState, JobStore, StageSpec, StageState
+from server_mock._stage_service import StageService
+
+__all__ = ["JobSnapshot", "MockPlatform", "StageSnapshot"]
+
+_log = logging.getLogger("server_mock")
+
+T = TypeVar("T")
+
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+SERVER_OPTIONS: list[tuple[str, int]] = [
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    # Drivers send keepalive pings every 30 s while they wait for inputs.
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+]
+DEFAULT_CALL_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class StageSnapshot:
+    """A stage's state at one moment, for tests and displays."""
+
+    name: str
+    state: StageState
+    message: str
+    reports_applied: int
+    events: tuple[str, ...]
+    ready_at: float | None
+    ended_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class JobSnapshot:
+    """A job's state at one moment, for tests and displays."""
+
+    job_id: uuid.UUID
+    name: str
+    state: JobState
+    message: str
+    stages: dict[str, StageSnapshot]
+
+
+def snapshot(job: Job) -> JobSnapshot:
+    """Copy a job's state out of the loop thread's objects."""
+    return JobSnapshot(
+        job_id=job.job_id,
+        name=job.name,
+        state=job.state,
+        message=job.message,
+        stages={
+            name: StageSnapshot(
+                name=name,
+                state=stage.state,
+                message=stage.message,
+                reports_applied=stage.reports_applied,
+                events=tuple(e.kind for e in stage.events),
+                ready_at=stage.ready_at,
+                ended_at=stage.ended_at,
+            )
+            for name, stage in job.stages.items()
+        },
+    )
+
+
+class MockPlatform:
+    """An in-process Clara platform serving the stage API on loopback.
+
+    Use as a context manager, or call :meth:`start` and :meth:`stop`::
+
+        with MockPlatform() as platform:
+            job_id = platform.create_job([StageSpec("only")])
+            ...  # run drivers against platform.address
+
+    Args:
+        host: The interface to bind; loopback by default.
+        port: The port to bind; 0 picks a free one.
+    """
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        self._host = host
+        self._requested_port = port
+        self._port: int | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._server: grpc.aio.Server | None = None
+        self.jobs = JobStore()
+
+    # -- life-cycle -----------------------------------------------------------------------
+
+    @property
+    def address(self) -> str:
+        """``host:port`` of the running server.
+
+        Raises:
+            RuntimeError: The platform is not running.
+        """
+        if self._port is None:
+            raise RuntimeError("the mock platform is not running; call start() first")
+        host = (
+            f"[{self._host}]"
+            if ":" in self._host and not self._host.startswith("[")
+            else self._host
+        )
+        return f"{host}:{self._port}"
+
+    def start(self) -> str:
+        """Start serving; return the address (``host:port``).
+
+        Raises:
+            RuntimeError: Already started, or the port could not be bound.
+        """
+        if self._thread is not None:
+            raise RuntimeError("the mock platform is already running")
+        loop = asyncio.new_event_loop()
+        ready = threading.Event()
+
+        def run_loop() -> None:
+            asyncio.set_event_loop(loop)
+            loop.call_soon(ready.set)
+            loop.run_forever()
+
+        self._loop = loop
+        self._thread = threading.Thread(target=run_loop, name="clara-mock-loop", daemon=True)
+        self._thread.start()
+        ready.wait(10)
+        try:
+            self._port = self.call_async(self._start_server)
+        except BaseException:
+            self._shutdown_loop()
+            raise
+        _log.info("mock platform listening on %s", self.address)
+        return self.address
+
+    async def _start_server(self) -> int:
+        server = grpc.aio.server(options=SERVER_OPTIONS)
+        stage_grpc.add_StageServiceServicer_to_server(StageService(self.jobs), server)
+        health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]  # untyped alias
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        services = [
+            stage_pb.DESCRIPTOR.services_by_name["StageService"].full_name,
+            health.SERVICE_NAME,
+            reflection.SERVICE_NAME,
+        ]
+        reflection.enable_server_reflection(services, server)
+        port = server.add_insecure_port(f"{self._host}:{self._requested_port}")
+        if port == 0:
+            raise RuntimeError(f"could not bind {self._host}:{self._requested_port}")
+        await server.start()
+        for name in ("", *services[:1]):
+            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self._server = server
+        return port
+
+    def stop(self, grace: float = 1.0) -> None:
+        """Stop serving (open streams get ``grace`` seconds) and end the loop thread."""
+        if self._loop is None:
+            return
+        if self._server is not None:
+            server = self._server
+            self._server = None
+            self.call_async(lambda: server.stop(grace), timeout=grace + 10)
+        self._shutdown_loop()
+        self._port = None
+
+    def _shutdown_loop(self) -> None:
+        loop, thread = self._loop, self._thread
+        self._loop, self._thread = None, None
+        if loop is None:
+            return
+        loop.call_soon_threadsafe(loop.stop)
+        if thread is not None:
+            thread.join(10)
+        loop.close()
+
+    def __enter__(self) -> MockPlatform:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def wait_for_termination(self) -> None:
+        """Block until :meth:`stop` is called from another thread (for ``serve``)."""
+        thread = self._thread
+        if thread is not None:
+            thread.join()
+
+    # -- running code on the loop -----------------------------------------------------------
+
+    def call(self, fn: Callable[[], T], timeout: float = DEFAULT_CALL_TIMEOUT) -> T:
+        """Run the plain function ``fn`` on the loop thread and return its result.
+
+        Raises:
+            RuntimeError: The platform is not running.
+            TimeoutError: No answer within ``timeout`` seconds.
+        """
+
+        async def run() -> T:
+            return fn()
+
+        return self.call_async(run, timeout)
+
+    def call_async(
+        self, fn: Callable[[], Awaitable[T]], timeout: float = DEFAULT_CALL_TIMEOUT
+    ) -> T:
+        """Await ``fn()`` on the loop thread and return its result.
+
+        Raises:
+            RuntimeError: The platform is not running.
+            TimeoutError: No answer within ``timeout`` seconds.
+        """
+        loop = self._loop
+        if loop is None:
+            raise RuntimeError("the mock platform is not running; call start() first")
+
+        async def run() -> T:
+            return await fn()
+
+        future = asyncio.run_coroutine_threadsafe(run(), loop)
+        try:
+            return future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise TimeoutError(f"the mock platform did not answer within {timeout} s") from None
+
+    # -- jobs -----------------------------------------------------------------------------
+
+    def create_job(
+        self,
+        stages: Iterable[StageSpec],
+        *,
+        name: str = "job",
+        pipeline_id: str = "",
+        start: bool = True,
+        job_id: uuid.UUID | None = None,
+    ) -> uuid.UUID:
+        """Create a job from its stages and (by default) start it; return its id.
+
+        Raises:
+            ValueError: The stages do not form a valid DAG (unknown upstream, duplicate name).
+        """
+        specs = list(stages)
+
+        def create() -> uuid.UUID:
+            job = self.jobs.add(Job(job_id or uuid.uuid4(), name, pipeline_id, specs))
+            if start:
+                job.start()
+            return job.job_id
+
+        return self.call(create)
+
+    def start_job(self, job_id: uuid.UUID) -> None:
+        """Start a created job."""
+        self.call(lambda: self.jobs.get(job_id).start())
+
+    def cancel_job(self, job_id: uuid.UUID, message: str = "cancelled by request") -> bool:
+        """Cancel a job; return False if it had already ended."""
+        return self.call(lambda: self.jobs.get(job_id).cancel(message))
+
+    def fail_stage(self, job_id: uuid.UUID, stage: str, state: StageState, message: str) -> bool:
+        """End a stage from the platform's side; return False if it had already ended."""
+        return self.call(lambda: self.jobs.get(job_id).fail_stage(stage, state, message))
+
+    def job(self, job_id: uuid.UUID) -> JobSnapshot:
+        """Return a snapshot of the job."""
+        return self.call(lambda: snapshot(self.jobs.get(job_id)))
+
+    def wait_for_job(self, job_id: uuid.UUID, timeout: float) -> JobSnapshot:
+        """Wait until the job is terminal and return its snapshot.
+
+        Raises:
+            TimeoutError: The job is still running after ``timeout`` seconds.
+        """
+
+        async def wait() -> JobSnapshot:
+            job = self.jobs.get(job_id)
+            while not job.state.terminal:
+                await job.changed().wait()
+            return snapshot(job)
+
+        return self.call_async(lambda: asyncio.wait_for(wait(), timeout), timeout=timeout + 5)
+
+    def wait_for_stage(
+        self,
+        job_id: uuid.UUID,
+        stage: str,
+        predicate: Callable[[StageSnapshot], bool],
+        timeout: float,
+    ) -> StageSnapshot:
+        """Wait until ``predicate`` holds for the stage and return its snapshot.
+
+        Raises:
+            TimeoutError: The predicate still fails after ``timeout`` seconds.
+        """
+
+        async def wait() -> StageSnapshot:
+            job = self.jobs.get(job_id)
+            while True:
+                changed = job.changed()
+                current = snapshot(job).stages[stage]
+                if predicate(current):
+                    return current
+                await changed.wait()
+
+        return self.call_async(lambda: asyncio.wait_for(wait(), timeout), timeout=timeout + 5)

@@ -1,0 +1,185 @@
+"""The stage API (``nvidia.clara.platform.stage.v1.StageService``) served to drivers."""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from collections.abc import AsyncIterator
+
+import grpc
+from google.protobuf import duration_pb2
+
+from clara._proto.nvidia.clara.platform.stage.v1 import stage_service_pb2 as pb
+from clara._proto.nvidia.clara.platform.stage.v1 import stage_service_pb2_grpc as pb_grpc
+from server_mock._jobs import (
+    CancelReason,
+    Job,
+    JobStore,
+    Stage,
+    StageState,
+    UnknownJobError,
+    UnknownStageError,
+)
+
+__all__ = ["StageService"]
+
+_log = logging.getLogger("server_mock.stage")
+
+_NAME = re.compile(r"[A-Za-z0-9_-]{1,255}")
+_REPORT_ID = re.compile(r"[\x21-\x7e]{1,128}")
+MAX_MESSAGE_CHARS = 4096
+
+_STATES = {
+    StageState.WAITING: pb.STAGE_STATE_WAITING,
+    StageState.READY: pb.STAGE_STATE_READY,
+    StageState.SUCCEEDED: pb.STAGE_STATE_SUCCEEDED,
+    StageState.FAILED: pb.STAGE_STATE_FAILED,
+    StageState.TIMED_OUT: pb.STAGE_STATE_TIMED_OUT,
+    StageState.CANCELLED: pb.STAGE_STATE_CANCELLED,
+}
+_OUTCOMES = {
+    pb.STAGE_OUTCOME_SUCCEEDED: "succeeded",
+    pb.STAGE_OUTCOME_FAILED: "failed",
+    pb.STAGE_OUTCOME_CANCELLED: "cancelled",
+    pb.STAGE_OUTCOME_TIMED_OUT: "timed_out",
+}
+
+
+def _signal_of(stage: Stage) -> pb.StageSignal.ValueType:
+    if stage.state is StageState.WAITING:
+        return pb.STAGE_SIGNAL_WAITING
+    if stage.state is StageState.READY:
+        return pb.STAGE_SIGNAL_INPUTS_READY
+    if stage.cancel_reason is CancelReason.JOB_CANCELLED:
+        return pb.STAGE_SIGNAL_JOB_CANCELLED
+    if stage.cancel_reason is CancelReason.UPSTREAM_FAILED:
+        return pb.STAGE_SIGNAL_UPSTREAM_FAILED
+    return pb.STAGE_SIGNAL_COMPLETED
+
+
+class StageService(pb_grpc.StageServiceServicer):
+    """Serves the stage API from a :class:`JobStore` (on the server's event loop)."""
+
+    def __init__(self, jobs: JobStore) -> None:
+        self._jobs = jobs
+
+    async def _resolve(
+        self, ref: pb.StageRef, context: grpc.aio.ServicerContext[object, object]
+    ) -> tuple[Job, Stage]:
+        try:
+            job_id = uuid.UUID(ref.job_id)
+        except ValueError:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"stage.job_id: {ref.job_id[:64]!r} is not a UUID",
+            )
+        if not _NAME.fullmatch(ref.stage_name):
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"stage.stage_name: {ref.stage_name[:64]!r} is not 1-255 of [A-Za-z0-9_-]",
+            )
+        try:
+            job = self._jobs.get(job_id)
+            return job, job.stage(ref.stage_name)
+        except (UnknownJobError, UnknownStageError) as error:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(error))
+        raise AssertionError("unreachable: abort raises")
+
+    async def GetStageContext(
+        self,
+        request: pb.GetStageContextRequest,
+        context: grpc.aio.ServicerContext[object, object],
+    ) -> pb.GetStageContextResponse:
+        """Return the stage's identity, timeout and entries."""
+        job, stage = await self._resolve(request.stage, context)
+        spec = stage.spec
+        timeout = duration_pb2.Duration()
+        timeout.FromTimedelta(spec.timeout)
+        return pb.GetStageContextResponse(
+            context=pb.StageContext(
+                job_id=str(job.job_id),
+                job_name=job.name,
+                pipeline_id=job.pipeline_id,
+                stage_name=spec.name,
+                timeout=timeout,
+                inputs=[
+                    pb.InputEntry(
+                        name=i.name, path=i.path, from_stage=i.from_stage, from_output=i.from_output
+                    )
+                    for i in spec.inputs
+                ],
+                outputs=[pb.OutputEntry(name=o.name, path=o.path) for o in spec.outputs],
+                state=_STATES[stage.state],
+                variables=dict(spec.variables),
+            )
+        )
+
+    async def WatchStage(
+        self,
+        request: pb.WatchStageRequest,
+        context: grpc.aio.ServicerContext[object, object],
+    ) -> AsyncIterator[pb.WatchStageResponse]:
+        """Send the stage's current signal, then one per change, until it is terminal."""
+        job, stage = await self._resolve(request.stage, context)
+        last: tuple[int, int] | None = None
+        while True:
+            changed = job.changed()
+            signal = _signal_of(stage)
+            state = _STATES[stage.state]
+            if (signal, state) != last:
+                last = (signal, state)
+                yield pb.WatchStageResponse(signal=signal, state=state, message=stage.message)
+            if stage.state.terminal:
+                return
+            await changed.wait()
+
+    async def CompleteStage(
+        self,
+        request: pb.CompleteStageRequest,
+        context: grpc.aio.ServicerContext[object, object],
+    ) -> pb.CompleteStageResponse:
+        """Apply the stage's outcome once; retries with the same report id are acknowledged."""
+        if not _REPORT_ID.fullmatch(request.report_id):
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "report_id: expected 1-128 printable ASCII characters",
+            )
+        outcome = _OUTCOMES.get(request.outcome)
+        if outcome is None:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"outcome: {request.outcome} is not a valid StageOutcome",
+            )
+            raise AssertionError("unreachable: abort raises")
+        job, stage = await self._resolve(request.stage, context)
+        state, applied = job.complete_stage(
+            stage.spec.name, request.report_id, outcome, request.message[:MAX_MESSAGE_CHARS]
+        )
+        _log.info(
+            "job %s stage %s reported %s (report %s): state %s, applied %s",
+            job.job_id,
+            stage.spec.name,
+            outcome,
+            request.report_id,
+            state.value,
+            applied,
+        )
+        return pb.CompleteStageResponse(state=_STATES[state], applied=applied)
+
+    async def ReportStageEvent(
+        self,
+        request: pb.ReportStageEventRequest,
+        context: grpc.aio.ServicerContext[object, object],
+    ) -> pb.ReportStageEventResponse:
+        """Record a driver's progress event."""
+        if request.kind == pb.STAGE_EVENT_KIND_UNSPECIFIED or (
+            request.kind not in pb.StageEventKind.values()
+        ):
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, f"kind: {request.kind} is not a valid event kind"
+            )
+        job, stage = await self._resolve(request.stage, context)
+        kind = pb.StageEventKind.Name(request.kind).removeprefix("STAGE_EVENT_KIND_").lower()
+        job.record_event(stage.spec.name, kind, request.message[:MAX_MESSAGE_CHARS])
+        return pb.ReportStageEventResponse()
