@@ -349,7 +349,11 @@ class Driver(Generic[AppData]):
 
         self._set_state(DriverState.CLEANING_UP)
         result = self._run_cleanup(executor, link, result)
-        if self._context is not None:
+        if self._config.standalone:
+            _log.info(
+                "standalone: outcome %s not reported", result.outcome.value, extra=self._log_fields
+            )
+        elif self._context is not None:
             self._set_state(DriverState.REPORTING)
             result = self._report(link, result)
         else:
@@ -488,7 +492,11 @@ class Driver(Generic[AppData]):
             try:
                 for signal in link.watch(max(deadline - time.monotonic(), 0.001)):
                     attempt = 0
+                    _log.debug(
+                        "signal %s: %s", signal.kind.value, signal.message, extra=self._log_fields
+                    )
                     self._signals.deliver(signal)
+                _log.debug("signal stream ended", extra=self._log_fields)
                 return
             except PlatformError as error:
                 if self._stop.is_set():

@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -114,6 +115,8 @@ _OUTCOMES = {
     StageOutcome.TIMED_OUT: pb.STAGE_OUTCOME_TIMED_OUT,
 }
 MAX_EVENT_MESSAGE = 4096
+EVENT_TIMEOUT = 10.0
+EVENT_FLUSH_TIMEOUT = 2.0
 
 
 class GrpcStageLink:
@@ -133,6 +136,7 @@ class GrpcStageLink:
         self._job_id = config.job_id
         self._lock = threading.Lock()
         self._watch_call: grpc.RpcContext | None = None
+        self._pending_events: set[grpc.Future[Any]] = set()
         self._stopped = False
 
     def fetch_context(self, timeout: float) -> StageContext:
@@ -195,15 +199,36 @@ class GrpcStageLink:
         request = pb.ReportStageEventRequest(
             stage=self._ref, kind=kind.value, message=message[:MAX_EVENT_MESSAGE], time=stamp
         )
+        # Progress events are best-effort: whatever goes wrong sending one must never disturb
+        # the life-cycle (a closed channel, a channel that lacks callbacks), so it is logged.
         try:
-            future = self._stub.ReportStageEvent.future(request, timeout=10)
-        except ValueError:  # the channel is already closed
-            return
-        future.add_done_callback(_log_event_failure)
+            future = self._stub.ReportStageEvent.future(request, timeout=EVENT_TIMEOUT)
+            with self._lock:
+                self._pending_events.add(future)
+            future.add_done_callback(self._event_done)
+        except Exception as error:
+            _log.debug("progress event %s not sent: %r", kind.name, error)
+
+    def _event_done(self, future: grpc.Future[Any]) -> None:
+        with self._lock:
+            self._pending_events.discard(future)
+        _log_event_failure(future)
+
+    def _flush_events(self, timeout: float) -> None:
+        """Give events still in flight up to ``timeout`` seconds before the channel closes."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            pending = list(self._pending_events)
+        for future in pending:
+            try:
+                future.result(timeout=max(deadline - time.monotonic(), 0))
+            except Exception as error:
+                _log.debug("progress event not delivered before close: %r", error)
 
     def close(self) -> None:
         """Stop watching and close the channel if the link opened it."""
         self.stop_watching()
+        self._flush_events(EVENT_FLUSH_TIMEOUT)
         if self._owns_channel:
             self._channel.close()
 

@@ -125,12 +125,13 @@ class StageService(pb_grpc.StageServiceServicer):
         last: tuple[int, int] | None = None
         while True:
             changed = job.changed()
-            signal = _signal_of(stage)
-            state = _STATES[stage.state]
+            signal, state, terminal = _signal_of(stage), _STATES[stage.state], stage.state.terminal
             if (signal, state) != last:
                 last = (signal, state)
+                # The stage may change while this yield waits for the client: decide whether to
+                # end from what was sent, so a terminal state is always sent before the end.
                 yield pb.WatchStageResponse(signal=signal, state=state, message=stage.message)
-            if stage.state.terminal:
+            if terminal:
                 return
             await changed.wait()
 

@@ -1,0 +1,191 @@
+"""The stage API over real gRPC against the mock platform: validation, idempotency, streams."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from clara._proto.nvidia.clara.platform.stage.v1 import stage_service_pb2 as pb
+from clara._proto.nvidia.clara.platform.stage.v1 import stage_service_pb2_grpc as pb_grpc
+from server_mock import InputRef, MockPlatform, StageSpec, StageState
+
+WAIT = 20.0
+
+
+@pytest.fixture
+def stub(clara_platform: MockPlatform) -> Iterator[pb_grpc.StageServiceStub]:
+    with grpc.insecure_channel(clara_platform.address) as channel:
+        yield pb_grpc.StageServiceStub(channel)
+
+
+def ref(job_id: uuid.UUID | str, stage: str) -> pb.StageRef:
+    return pb.StageRef(job_id=str(job_id), stage_name=stage)
+
+
+def complete(
+    stub: pb_grpc.StageServiceStub,
+    job_id: uuid.UUID,
+    stage: str,
+    report_id: str,
+    outcome: pb.StageOutcome.ValueType = pb.STAGE_OUTCOME_SUCCEEDED,
+) -> pb.CompleteStageResponse:
+    return stub.CompleteStage(
+        pb.CompleteStageRequest(stage=ref(job_id, stage), report_id=report_id, outcome=outcome),
+        timeout=WAIT,
+    )
+
+
+def test_complete_is_idempotent_on_report_id(
+    clara_platform: MockPlatform, stub: pb_grpc.StageServiceStub
+) -> None:
+    job_id = clara_platform.create_job([StageSpec("only")])
+    first = complete(stub, job_id, "only", "report-1")
+    retry = complete(stub, job_id, "only", "report-1")
+    other = complete(stub, job_id, "only", "report-2", pb.STAGE_OUTCOME_FAILED)
+    assert (first.state, first.applied) == (pb.STAGE_STATE_SUCCEEDED, True)
+    assert (retry.state, retry.applied) == (pb.STAGE_STATE_SUCCEEDED, True)
+    assert (other.state, other.applied) == (pb.STAGE_STATE_SUCCEEDED, False)
+    assert clara_platform.job(job_id).stages["only"].reports_applied == 1
+
+
+@pytest.mark.parametrize(
+    ("request_", "code", "field"),
+    [
+        (
+            pb.CompleteStageRequest(stage=ref("xyz", "s"), report_id="r", outcome=1),
+            "INVALID_ARGUMENT",
+            "stage.job_id",
+        ),
+        (
+            pb.CompleteStageRequest(stage=ref(uuid.uuid4(), "bad name"), report_id="r", outcome=1),
+            "INVALID_ARGUMENT",
+            "stage.stage_name",
+        ),
+        (
+            pb.CompleteStageRequest(stage=ref(uuid.uuid4(), "s"), report_id="", outcome=1),
+            "INVALID_ARGUMENT",
+            "report_id",
+        ),
+        (
+            pb.CompleteStageRequest(stage=ref(uuid.uuid4(), "s"), report_id="x" * 129, outcome=1),
+            "INVALID_ARGUMENT",
+            "report_id",
+        ),
+        (
+            pb.CompleteStageRequest(stage=ref(uuid.uuid4(), "s"), report_id="r", outcome=0),
+            "INVALID_ARGUMENT",
+            "outcome",
+        ),
+        (
+            pb.CompleteStageRequest(stage=ref(uuid.uuid4(), "s"), report_id="r", outcome=99),
+            "INVALID_ARGUMENT",
+            "outcome",
+        ),
+        (
+            pb.CompleteStageRequest(stage=ref(uuid.uuid4(), "s"), report_id="r", outcome=1),
+            "NOT_FOUND",
+            "no job",
+        ),
+    ],
+)
+def test_bad_reports_are_rejected_naming_the_field(
+    stub: pb_grpc.StageServiceStub, request_: pb.CompleteStageRequest, code: str, field: str
+) -> None:
+    with pytest.raises(grpc.RpcError) as raised:
+        stub.CompleteStage(request_, timeout=WAIT)
+    assert raised.value.code().name == code
+    assert field in raised.value.details()
+
+
+def test_unknown_stage_of_known_job_is_not_found(
+    clara_platform: MockPlatform, stub: pb_grpc.StageServiceStub
+) -> None:
+    job_id = clara_platform.create_job([StageSpec("only")])
+    with pytest.raises(grpc.RpcError) as raised:
+        stub.GetStageContext(pb.GetStageContextRequest(stage=ref(job_id, "other")), timeout=WAIT)
+    assert raised.value.code() is grpc.StatusCode.NOT_FOUND
+    assert "'other'" in raised.value.details()
+    assert clara_platform.job(job_id).stages["only"].state is StageState.READY
+
+
+def test_watch_is_level_triggered_and_ends_at_a_terminal_state(
+    clara_platform: MockPlatform, stub: pb_grpc.StageServiceStub
+) -> None:
+    job_id = clara_platform.create_job(
+        [StageSpec("up"), StageSpec("down", inputs=(InputRef("/x", "up"),))]
+    )
+    stream = stub.WatchStage(pb.WatchStageRequest(stage=ref(job_id, "down")), timeout=WAIT)
+    first = next(stream)
+    assert first.signal == pb.STAGE_SIGNAL_WAITING
+    complete(stub, job_id, "up", "r-up")
+    assert next(stream).signal == pb.STAGE_SIGNAL_INPUTS_READY
+    # A watcher that (re)connects now learns the current signal at once: nothing is lost.
+    late = stub.WatchStage(pb.WatchStageRequest(stage=ref(job_id, "down")), timeout=WAIT)
+    assert next(late).signal == pb.STAGE_SIGNAL_INPUTS_READY
+    complete(stub, job_id, "down", "r-down")
+    rest = list(stream)
+    assert [m.signal for m in rest] == [pb.STAGE_SIGNAL_COMPLETED]
+    assert rest[0].state == pb.STAGE_STATE_SUCCEEDED
+    assert [m.signal for m in late] == [pb.STAGE_SIGNAL_COMPLETED]
+
+
+def test_watch_pushes_cancellation_and_upstream_failure(
+    clara_platform: MockPlatform, stub: pb_grpc.StageServiceStub
+) -> None:
+    job_id = clara_platform.create_job(
+        [StageSpec("up"), StageSpec("down", inputs=(InputRef("/x", "up"),)), StageSpec("solo")]
+    )
+    down = stub.WatchStage(pb.WatchStageRequest(stage=ref(job_id, "down")), timeout=WAIT)
+    solo = stub.WatchStage(pb.WatchStageRequest(stage=ref(job_id, "solo")), timeout=WAIT)
+    assert next(down).signal == pb.STAGE_SIGNAL_WAITING
+    assert next(solo).signal == pb.STAGE_SIGNAL_INPUTS_READY
+    complete(stub, job_id, "up", "r", pb.STAGE_OUTCOME_FAILED)
+    failed = list(down)
+    assert [m.signal for m in failed] == [pb.STAGE_SIGNAL_UPSTREAM_FAILED]
+    assert "upstream stage up failed" in failed[0].message
+    clara_platform.cancel_job(job_id, "stop it")
+    cancelled = list(solo)
+    assert [m.signal for m in cancelled] == [pb.STAGE_SIGNAL_JOB_CANCELLED]
+    assert cancelled[0].message == "stop it"
+
+
+def test_events_are_recorded_and_validated(
+    clara_platform: MockPlatform, stub: pb_grpc.StageServiceStub
+) -> None:
+    job_id = clara_platform.create_job([StageSpec("only")])
+    stub.ReportStageEvent(
+        pb.ReportStageEventRequest(
+            stage=ref(job_id, "only"), kind=pb.STAGE_EVENT_KIND_EXECUTE_STARTED, message="go"
+        ),
+        timeout=WAIT,
+    )
+    assert clara_platform.job(job_id).stages["only"].events == ("execute_started",)
+    with pytest.raises(grpc.RpcError) as raised:
+        stub.ReportStageEvent(
+            pb.ReportStageEventRequest(stage=ref(job_id, "only"), kind=0), timeout=WAIT
+        )
+    assert raised.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "kind" in raised.value.details()
+    assert clara_platform.job(job_id).stages["only"].events == ("execute_started",)
+
+
+def test_health_and_reflection_are_served(clara_platform: MockPlatform) -> None:
+
+    with grpc.insecure_channel(clara_platform.address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        status = health.Check(
+            health_pb2.HealthCheckRequest(service="nvidia.clara.platform.stage.v1.StageService"),
+            timeout=WAIT,
+        )
+        assert status.status == health_pb2.HealthCheckResponse.SERVING
+        reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
+        responses = reflection.ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=WAIT
+        )
+        names = {s.name for s in next(responses).list_services_response.service}
+        assert "nvidia.clara.platform.stage.v1.StageService" in names
