@@ -10,10 +10,12 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import tempfile
 import threading
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TypeVar
 
 import grpc
@@ -22,7 +24,9 @@ from grpc_reflection.v1alpha import reflection
 
 from clara._proto.nvidia.clara.platform.stage.v1 import stage_service_pb2 as stage_pb
 from clara._proto.nvidia.clara.platform.stage.v1 import stage_service_pb2_grpc as stage_grpc
-from server_mock._jobs import Job, JobState, JobStore, StageSpec, StageState
+from server_mock._core import InProcessLauncher, PlatformState, StageLauncher
+from server_mock._jobs import Job, JobState, StageSpec, StageState
+from server_mock._platform_api import add_platform_api_to_server
 from server_mock._stage_service import StageService
 
 __all__ = ["JobSnapshot", "MockPlatform", "StageSnapshot"]
@@ -101,16 +105,32 @@ class MockPlatform:
     Args:
         host: The interface to bind; loopback by default.
         port: The port to bind; 0 picks a free one.
+        workspace: The folder for payloads and job data; by default a temporary folder that
+            is removed on :meth:`stop`.
+        launcher: Starts a job's operators; by default nothing is launched and the caller
+            runs the drivers (in-process tests).
     """
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        workspace: Path | None = None,
+        launcher: StageLauncher | None = None,
+    ) -> None:
         self._host = host
         self._requested_port = port
         self._port: int | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._server: grpc.aio.Server | None = None
-        self.jobs = JobStore()
+        self._temp_workspace: tempfile.TemporaryDirectory[str] | None = None
+        if workspace is None:
+            self._temp_workspace = tempfile.TemporaryDirectory(prefix="clara-mock-")
+            workspace = Path(self._temp_workspace.name)
+        self.state = PlatformState(workspace=workspace, launcher=launcher or InProcessLauncher())
+        self.jobs = self.state.jobs
 
     # -- life-cycle -----------------------------------------------------------------------
 
@@ -161,19 +181,20 @@ class MockPlatform:
     async def _start_server(self) -> int:
         server = grpc.aio.server(options=SERVER_OPTIONS)
         stage_grpc.add_StageServiceServicer_to_server(StageService(self.jobs), server)
+        platform_services = add_platform_api_to_server(server, self.state)
         health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]  # untyped alias
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-        services = [
+        served = [
             stage_pb.DESCRIPTOR.services_by_name["StageService"].full_name,
-            health.SERVICE_NAME,
-            reflection.SERVICE_NAME,
+            *platform_services,
         ]
+        services = [*served, health.SERVICE_NAME, reflection.SERVICE_NAME]
         reflection.enable_server_reflection(services, server)
         port = server.add_insecure_port(f"{self._host}:{self._requested_port}")
         if port == 0:
             raise RuntimeError(f"could not bind {self._host}:{self._requested_port}")
         await server.start()
-        for name in ("", *services[:1]):
+        for name in ("", *served):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._server = server
         return port
@@ -188,6 +209,8 @@ class MockPlatform:
             self.call_async(lambda: server.stop(grace), timeout=grace + 10)
         self._shutdown_loop()
         self._port = None
+        if self._temp_workspace is not None:
+            self._temp_workspace.cleanup()
 
     def _shutdown_loop(self) -> None:
         loop, thread = self._loop, self._thread

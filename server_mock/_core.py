@@ -1,0 +1,299 @@
+"""The platform's state, shared by every service the mock serves (on the loop thread).
+
+Besides the stores, :class:`PlatformState` carries the job operations of the platform API
+(:meth:`~PlatformState.create_job`, :meth:`~PlatformState.start_job`) so that other front
+ends (the CLI, tests) get the same semantics as the gRPC API. They raise
+:class:`~server_mock._errors.ApiError` for refused requests and change nothing then.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Protocol
+
+from server_mock._errors import ApiError, ErrorCode
+from server_mock._jobs import Job, JobState, JobStore, StageState, UnknownJobError
+from server_mock._payloads import PayloadRecord, PayloadStore, PayloadType, copy_files
+from server_mock._pipeline_definition import PipelineDefinition
+from server_mock._pipelines import PipelineStore
+from server_mock._workspace import JobLayout, build_job
+
+__all__ = ["InProcessLauncher", "JobRecord", "PlatformState", "StageLauncher"]
+
+
+class StageLauncher(Protocol):
+    """Starts a job's operators (the cluster's containers, in the real platform)."""
+
+    async def start(self, job: Job, definition: PipelineDefinition, layout: JobLayout) -> None:
+        """Start ``job`` and launch its operators; return once they are launched."""
+
+
+class InProcessLauncher:
+    """Launches nothing: the job's drivers are run by the caller (tests, in-process runs)."""
+
+    async def start(self, job: Job, definition: PipelineDefinition, layout: JobLayout) -> None:
+        """Start the job; its stages wait for drivers that someone else runs."""
+        job.start()
+
+
+@dataclass(slots=True)
+class JobRecord:
+    """What the platform API knows of a job beyond its stages (owned by the loop thread).
+
+    Jobs created through the Jobs API have one; jobs made directly from stages
+    (``MockPlatform.create_job``) do not.
+
+    Attributes:
+        job_id: The job's id.
+        pipeline_id: The pipeline the job was created from.
+        payload_id: The job's (pipeline) payload.
+        definition: The pipeline definition the job runs (a later pipeline update does not
+            change it).
+        layout: The folders of the job's payload.
+        priority: The legacy ``JobPriority`` value (1 lower ... 4 immediate).
+        input_payload_ids: Reusable payloads copied into the job's input folder on start.
+        metadata: The job's metadata.
+        variables: The values given on start (empty until then).
+        starting: True while a start request is copying inputs and launching operators.
+    """
+
+    job_id: uuid.UUID
+    pipeline_id: uuid.UUID
+    payload_id: uuid.UUID
+    definition: PipelineDefinition
+    layout: JobLayout
+    priority: int = 2
+    input_payload_ids: tuple[uuid.UUID, ...] = ()
+    metadata: dict[str, str] = field(default_factory=dict)
+    variables: dict[str, str] = field(default_factory=dict)
+    starting: bool = False
+
+
+@dataclass
+class PlatformState:
+    """Everything the mock platform knows.
+
+    Attributes:
+        workspace: The folder holding payloads and job payloads.
+        launcher: Starts the operators of a job.
+        jobs: Every job and its stages.
+        pipelines: The registered pipelines.
+        payloads: The payloads, in ``workspace / "payloads"``.
+        job_records: The platform API's records of the jobs it created, by job id.
+    """
+
+    workspace: Path
+    launcher: StageLauncher
+    jobs: JobStore = field(default_factory=JobStore)
+    pipelines: PipelineStore = field(default_factory=PipelineStore)
+    payloads: PayloadStore = field(init=False)
+    job_records: dict[uuid.UUID, JobRecord] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.payloads = PayloadStore(self.workspace / "payloads")
+
+    def job_layout(self, payload_root: Path) -> JobLayout:
+        """The folder layout of a job whose job payload lives at ``payload_root``."""
+        return JobLayout(payload_root)
+
+    # -- jobs of the platform API -----------------------------------------------------------
+
+    def get_job(self, job_id: uuid.UUID) -> Job:
+        """Return the job with this id.
+
+        Raises:
+            ApiError: No such job (``JOB_NOT_FOUND``).
+        """
+        try:
+            return self.jobs.get(job_id)
+        except UnknownJobError:
+            raise ApiError(ErrorCode.JOB_NOT_FOUND, f"job {job_id.hex} not found") from None
+
+    def create_job(
+        self,
+        pipeline_id: uuid.UUID,
+        name: str,
+        *,
+        priority: int = 2,
+        input_payload_ids: Iterable[uuid.UUID] = (),
+        metadata: Mapping[str, str] | None = None,
+    ) -> JobRecord:
+        """Create a job of a registered pipeline, with its own (pipeline) payload.
+
+        The job is not started; upload into its payload, then call :meth:`start_job`.
+
+        Raises:
+            ApiError: Unknown pipeline, or an input payload is unknown, listed twice or not
+                reusable. Nothing is created then.
+        """
+        pipeline = self.pipelines.get(pipeline_id)
+        inputs = tuple(input_payload_ids)
+        for index, payload_id in enumerate(inputs):
+            if payload_id in inputs[:index]:
+                raise ApiError(
+                    ErrorCode.INVALID_JOB_INPUTS,
+                    f"input payload {payload_id.hex} is listed more than once",
+                )
+            if self.payloads.get(payload_id).type is not PayloadType.REUSABLE:
+                raise ApiError(
+                    ErrorCode.INVALID_JOB_INPUTS,
+                    f"input payload {payload_id.hex} belongs to a job; "
+                    "only reusable payloads can be job inputs",
+                )
+        job_id = uuid.uuid4()
+        payload = self.payloads.create(PayloadType.PIPELINE, job_id=job_id)
+        layout = JobLayout(payload.root)
+        try:
+            job = build_job(job_id, name, pipeline_id.hex, pipeline.definition, layout)
+            self.jobs.add(job)
+        except BaseException:
+            self.payloads.delete(payload.payload_id)
+            raise
+        record = JobRecord(
+            job_id=job_id,
+            pipeline_id=pipeline_id,
+            payload_id=payload.payload_id,
+            definition=pipeline.definition,
+            layout=layout,
+            priority=priority,
+            input_payload_ids=inputs,
+            metadata=dict(metadata or {}),
+        )
+        self.job_records[job_id] = record
+        return record
+
+    async def start_job(self, job_id: uuid.UUID, variables: Mapping[str, str] | None = None) -> Job:
+        """Copy the job's input payloads into its input folder, then launch it.
+
+        ``variables`` are added to every operator's variables (overriding the definition's);
+        the mock does not expand template placeholders in the definition.
+
+        Raises:
+            ApiError: Unknown job; the job is not in the created state (or is being started);
+                an input payload is gone or collides with another; the launcher failed.
+        """
+        job = self.get_job(job_id)
+        record = self.job_records.get(job_id)
+        if job.state is not JobState.CREATED or (record is not None and record.starting):
+            state = "being started" if job.state is JobState.CREATED else job.state.value
+            raise ApiError(
+                ErrorCode.JOB_NOT_STARTABLE,
+                f"job {job_id.hex} is {state}; only a created job can be started",
+            )
+        if record is None:  # made from stages, not from a pipeline: nothing to copy or launch
+            job.start()
+            return job
+        record.starting = True
+        try:
+            sources = [self.payloads.get(p) for p in record.input_payload_ids]
+            plan = self.payloads.copy_plan(sources, record.layout.input_dir)
+            try:
+                await asyncio.to_thread(_copy_or_undo, plan)
+            except OSError as error:
+                raise ApiError(
+                    ErrorCode.INTERNAL, f"copying the input payloads failed: {error}"
+                ) from error
+            if _state_of(job) is not JobState.CREATED:  # cancelled during the copy
+                raise ApiError(
+                    ErrorCode.JOB_NOT_STARTABLE,
+                    f"job {job_id.hex} was {job.state.value} while its inputs were copied",
+                )
+            definition = record.definition
+            if variables:
+                definition = _with_variables(job, definition, variables)
+                record.variables = dict(variables)
+            try:
+                await self.launcher.start(job, definition, record.layout)
+            except Exception as error:
+                if _state_of(job) is JobState.RUNNING:
+                    for name, stage in job.stages.items():
+                        if not stage.state.terminal:
+                            job.fail_stage(name, StageState.FAILED, f"launch failed: {error}")
+                raise ApiError(
+                    ErrorCode.JOB_LAUNCH_FAILED, f"could not launch job {job_id.hex}: {error}"
+                ) from error
+            return job
+        finally:
+            record.starting = False
+
+    def payload_job(self, payload: PayloadRecord) -> Job | None:
+        """The job owning a pipeline payload, if it is known."""
+        if payload.job_id is None:
+            return None
+        try:
+            return self.jobs.get(payload.job_id)
+        except UnknownJobError:
+            return None
+
+    def check_payload_writable(self, payload: PayloadRecord) -> None:
+        """Refuse changes to a job's payload once the job is starting or started.
+
+        Raises:
+            ApiError: ``PAYLOAD_READ_ONLY``.
+        """
+        job = self.payload_job(payload)
+        if job is None:
+            return
+        record = self.job_records.get(job.job_id)
+        if job.state is not JobState.CREATED or (record is not None and record.starting):
+            raise ApiError(
+                ErrorCode.PAYLOAD_READ_ONLY,
+                f"payload {payload.payload_id.hex} belongs to job {job.job_id.hex}, which has "
+                "started: a job's payload is read-only once the job starts",
+            )
+
+    def check_payload_deletable(self, payload: PayloadRecord) -> None:
+        """Refuse deleting a job's payload until the job has ended.
+
+        Raises:
+            ApiError: ``PAYLOAD_IN_USE``.
+        """
+        job = self.payload_job(payload)
+        if job is not None and not job.state.terminal:
+            raise ApiError(
+                ErrorCode.PAYLOAD_IN_USE,
+                f"payload {payload.payload_id.hex} belongs to job {job.job_id.hex}, which is "
+                f"{job.state.value}: cancel the job or let it end first",
+            )
+
+
+def _state_of(job: Job) -> JobState:
+    """The job's state now (a call, so type narrowing from before an ``await`` does not stick)."""
+    return job.state
+
+
+def _copy_or_undo(plan: list[tuple[Path, Path]]) -> None:
+    """Copy the files of ``plan``; on failure remove the ones already copied."""
+    done: list[Path] = []
+    try:
+        for source, destination in plan:
+            copy_files([(source, destination)])
+            done.append(destination)
+    except BaseException:
+        for path in done:
+            with contextlib.suppress(OSError):
+                path.unlink()
+        raise
+
+
+def _with_variables(
+    job: Job, definition: PipelineDefinition, variables: Mapping[str, str]
+) -> PipelineDefinition:
+    """Add ``variables`` to every stage of ``job`` and operator of ``definition``."""
+    for stage in job.stages.values():
+        merged = {**stage.spec.variables, **variables}
+        stage.spec = dataclasses.replace(stage.spec, variables=MappingProxyType(merged))
+    return dataclasses.replace(
+        definition,
+        operators=tuple(
+            dataclasses.replace(op, variables={**op.variables, **variables})
+            for op in definition.operators
+        ),
+    )

@@ -1,0 +1,115 @@
+"""Where a job's data lives on disk, and how a pipeline definition becomes a job's stages.
+
+A job's payload folder (its "job payload") holds::
+
+    input/                          the job's input payloads, copied in
+    operators/<operator>/<output>/  each operator's outputs
+    logs/<operator>.log             each operator process's stdout and stderr
+
+An input without ``from`` reads ``input/``; an input ``from: op`` (``name: out``) reads
+``operators/op/<folder of op's output out>``. Output folders are named after the last
+component of the output's container ``path`` (``/output`` -> ``output``), so the layout
+matches what the pipeline definition says and stays unique per operator.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+from pathlib import Path, PurePosixPath
+from types import MappingProxyType
+
+from server_mock._jobs import InputRef, Job, OutputRef, StageSpec
+from server_mock._pipeline_definition import OperatorSpec, OutputSpec, PipelineDefinition
+
+__all__ = ["JobLayout", "build_job"]
+
+DEFAULT_STAGE_TIMEOUT = timedelta(seconds=600)
+
+
+class JobLayout:
+    """The folders of one job's payload."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    @property
+    def input_dir(self) -> Path:
+        """The job's input payload, copied in before the job starts."""
+        return self.root / "input"
+
+    @property
+    def logs_dir(self) -> Path:
+        """One ``<operator>.log`` per operator process."""
+        return self.root / "logs"
+
+    def log_path(self, operator: str) -> Path:
+        """The log file of ``operator``'s process."""
+        return self.logs_dir / f"{operator}.log"
+
+    def operator_dir(self, operator: str) -> Path:
+        """The folder holding ``operator``'s outputs."""
+        return self.root / "operators" / operator
+
+    def output_dir(self, operator: str, output: OutputSpec) -> Path:
+        """The folder ``operator`` writes ``output`` to."""
+        return self.operator_dir(operator) / _folder_name(output)
+
+    def create(self, definition: PipelineDefinition) -> None:
+        """Create every folder the job's stages read or write."""
+        self.input_dir.mkdir(parents=True, exist_ok=True)
+        self.logs_dir.mkdir(parents=True, exist_ok=True)
+        for operator in definition.operators:
+            for output in operator.outputs:
+                self.output_dir(operator.name, output).mkdir(parents=True, exist_ok=True)
+
+
+def _folder_name(output: OutputSpec) -> str:
+    name = PurePosixPath(output.path).name
+    return name or output.name or "output"
+
+
+def stage_spec_for(
+    operator: OperatorSpec, definition: PipelineDefinition, layout: JobLayout
+) -> StageSpec:
+    """Translate one operator of a definition into the stage the platform schedules."""
+    inputs: list[InputRef] = []
+    for entry in operator.inputs:
+        if entry.from_operator is None:
+            path = layout.input_dir
+        else:
+            upstream = definition.operator(entry.from_operator)
+            output = next(o for o in upstream.outputs if o.name == entry.name)
+            path = layout.output_dir(upstream.name, output)
+        inputs.append(
+            InputRef(
+                path=str(path),
+                from_stage=entry.from_operator or "",
+                from_output=entry.name or "",
+                name=entry.name or "",
+            )
+        )
+    outputs = tuple(
+        OutputRef(path=str(layout.output_dir(operator.name, o)), name=o.name or "")
+        for o in operator.outputs
+    )
+    return StageSpec(
+        name=operator.name,
+        inputs=tuple(inputs),
+        outputs=outputs,
+        timeout=operator.timeout or DEFAULT_STAGE_TIMEOUT,
+        variables=MappingProxyType(dict(operator.variables)),
+    )
+
+
+def build_job(
+    job_id: uuid.UUID,
+    name: str,
+    pipeline_id: str,
+    definition: PipelineDefinition,
+    layout: JobLayout,
+) -> Job:
+    """Create the job's folders and its (not yet started) :class:`Job`."""
+    layout.create(definition)
+    stages = [stage_spec_for(op, definition, layout) for op in definition.operators]
+    return Job(job_id, name, pipeline_id, stages)
