@@ -182,6 +182,7 @@ class Job:
         self.started_at: float | None = None
         self.ended_at: float | None = None
         self._changed = asyncio.Event()
+        self.version = 0
 
     # -- waiting ------------------------------------------------------------------------
 
@@ -190,6 +191,7 @@ class Job:
         return self._changed
 
     def _broadcast(self) -> None:
+        self.version += 1
         self._changed.set()
         self._changed = asyncio.Event()
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import tempfile
 import threading
@@ -149,6 +150,11 @@ class MockPlatform:
             else self._host
         )
         return f"{host}:{self._port}"
+
+    @property
+    def running(self) -> bool:
+        """True between :meth:`start` and :meth:`stop`."""
+        return self._port is not None
 
     def start(self) -> str:
         """Start serving; return the address (``host:port``).
@@ -329,6 +335,24 @@ class MockPlatform:
             return snapshot(job)
 
         return self.call_async(lambda: asyncio.wait_for(wait(), timeout), timeout=timeout + 5)
+
+    def wait_for_change(
+        self, job_id: uuid.UUID, after_version: int, timeout: float
+    ) -> tuple[int, JobSnapshot]:
+        """Wait until the job changed since ``after_version``; return its version and snapshot.
+
+        Returns at once when the job is already past that version; after ``timeout`` seconds
+        it returns the unchanged job (callers loop with their own deadline).
+        """
+
+        async def wait() -> tuple[int, JobSnapshot]:
+            job = self.jobs.get(job_id)
+            if job.version <= after_version:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(job.changed().wait(), timeout)
+            return job.version, snapshot(job)
+
+        return self.call_async(wait, timeout=timeout + 5)
 
     def wait_for_stage(
         self,
