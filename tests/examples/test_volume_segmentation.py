@@ -35,8 +35,8 @@ def _load(mp: pytest.MonkeyPatch, name: str, path: Path) -> ModuleType:
 def vs() -> Iterator[SimpleNamespace]:
     """The example's modules, imported with the example folders on a temporary sys.path.
 
-    Modules get unique names (``operators/statistics.py`` would otherwise clash with the
-    standard library) except ``common``, which the operators import by that name.
+    Modules get unique names (so they cannot clash with other tests' modules) except
+    ``common``, which the operators import by that name.
     """
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(sys, "path", [str(OPERATORS), str(EXAMPLE), *sys.path])
@@ -45,7 +45,7 @@ def vs() -> Iterator[SimpleNamespace]:
             common=common,
             load_volume=_load(mp, "volseg_load_volume", OPERATORS / "load_volume.py"),
             segment=_load(mp, "volseg_segment", OPERATORS / "segment.py"),
-            statistics=_load(mp, "volseg_statistics", OPERATORS / "statistics.py"),
+            statistics=_load(mp, "volseg_statistics", OPERATORS / "intensity_stats.py"),
             report=_load(mp, "volseg_report", OPERATORS / "report.py"),
             make_input=_load(mp, "volseg_make_input", EXAMPLE / "make_input.py"),
         )

@@ -8,8 +8,8 @@ the window) and normalized 0..1.
 Variables: ``HISTOGRAM_BINS`` (default 32), ``PERCENTILES`` (comma-separated, default
 ``5,25,50,75,95``).
 
-Note: this file shadows the standard library's ``statistics`` module for code running with
-``operators/`` on ``sys.path``, so it must not ``import statistics`` itself.
+The file is not called ``statistics.py``: run as a script, ``operators/`` is ``sys.path[0]``,
+and that name would shadow the standard library's ``statistics`` module.
 """
 
 from __future__ import annotations
