@@ -36,6 +36,7 @@ from clara._notifications import Notification, NotificationKind
 from clara._payload import Payload, PayloadEntry
 from clara._result import StageOutcome, StageResult
 from clara._retry import RetryConfig
+from clara._tls import TlsConfig
 
 __all__ = [
     "ENVIRONMENT_VARIABLES",
@@ -61,6 +62,7 @@ __all__ = [
     "StageContext",
     "StageOutcome",
     "StageResult",
+    "TlsConfig",
     "UnauthenticatedError",
     "WaitTimeoutError",
 ]

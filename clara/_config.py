@@ -11,6 +11,17 @@ from datetime import timedelta
 
 from clara._exceptions import ConfigurationError
 from clara._retry import RetryConfig
+from clara._tls import (
+    ENV_STAGE_TOKEN,
+    ENV_TLS_CA,
+    ENV_TLS_CERT,
+    ENV_TLS_KEY,
+    ENV_TLS_SERVER_NAME,
+    TlsConfig,
+    TlsMaterial,
+    parse_stage_token,
+    resolve_tls,
+)
 
 __all__ = ["ENVIRONMENT_VARIABLES", "DriverTimeouts"]
 
@@ -32,6 +43,11 @@ ENVIRONMENT_VARIABLES: Mapping[str, str] = {
     ENV_TIMEOUT: "Standalone only: the stage timeout in seconds (default 600).",
     ENV_INPUT: "Standalone only: the input folder (default /input).",
     ENV_OUTPUT: "Standalone only: the output folder (default /output).",
+    ENV_STAGE_TOKEN: "The stage's secret token, sent on every stage API call (set by the mock).",
+    ENV_TLS_CA: "PEM file of the root certificates to trust; setting it turns TLS on.",
+    ENV_TLS_CERT: "PEM file of the driver's certificate chain, for mutual TLS (with the key).",
+    ENV_TLS_KEY: "PEM file of the driver's private key, for mutual TLS (with the certificate).",
+    ENV_TLS_SERVER_NAME: "The name the platform's certificate must carry, if not the target host.",
 }
 """Every environment variable the driver reads, with what it means."""
 
@@ -82,6 +98,8 @@ class DriverConfig:
     standalone_timeout: timedelta = DEFAULT_STAGE_TIMEOUT
     standalone_input: str = "/input"
     standalone_output: str = "/output"
+    tls: TlsMaterial | None = None
+    stage_token: str | None = field(default=None, repr=False)
 
 
 def parse_bool(setting: str, value: str) -> bool:
@@ -147,6 +165,8 @@ def resolve_config(
     timeouts: DriverTimeouts | None,
     retry: RetryConfig | None,
     environ: Mapping[str, str] | None,
+    tls: TlsConfig | None = None,
+    stage_token: str | None = None,
 ) -> DriverConfig:
     """Resolve the driver's settings: arguments win, then the environment, then defaults.
 
@@ -177,6 +197,13 @@ def resolve_config(
     setting, raw_target = pick(target, "target", ENV_TARGET)
     resolved_target = "" if standalone and raw_target is None else parse_target(setting, raw_target)
 
+    if standalone:
+        resolved_tls, resolved_token = None, None  # no channel, nothing to authenticate
+    else:
+        resolved_tls = resolve_tls(tls, env)
+        setting, raw_token = pick(stage_token, "stage_token", ENV_STAGE_TOKEN)
+        resolved_token = None if raw_token in (None, "") else parse_stage_token(setting, raw_token)
+
     config = DriverConfig(
         target=resolved_target,
         job_id=resolved_job_id,
@@ -184,6 +211,8 @@ def resolve_config(
         standalone=standalone,
         timeouts=timeouts or DriverTimeouts(),
         retry=retry or RetryConfig(),
+        tls=resolved_tls,
+        stage_token=resolved_token,
     )
     if not standalone:
         return config

@@ -12,8 +12,12 @@ until acknowledged or the report deadline passes).
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
+import os
+import queue
+import signal
 import threading
 import time
 import uuid
@@ -21,7 +25,8 @@ from collections.abc import Callable, Mapping
 from concurrent import futures
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Generic, TypeVar
+from types import FrameType
+from typing import Any, Generic, ParamSpec, TypeVar
 
 import grpc
 
@@ -38,7 +43,7 @@ from clara._exceptions import (
 from clara._notifications import Notification, NotificationKind
 from clara._payload import Payload
 from clara._result import StageOutcome, StageResult
-from clara._retry import RetryConfig, call_with_retry
+from clara._retry import IDEMPOTENT_RETRYABLE, RetryConfig, call_with_retry
 from clara._stage_link import (
     EventKind,
     GrpcStageLink,
@@ -47,12 +52,15 @@ from clara._stage_link import (
     StageLink,
     StandaloneStageLink,
 )
+from clara._tls import TlsConfig
 
 __all__ = ["Driver", "DriverState"]
 
 _log = logging.getLogger("clara")
 
 AppData = TypeVar("AppData")
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
 PrepareCallback = Callable[["Driver[Any]"], bool]
 ExecuteCallback = Callable[["Driver[Any]", Payload], bool]
 CleanupCallback = Callable[["Driver[Any]"], bool]
@@ -95,29 +103,116 @@ class _CallResult:
     error: BaseException | None = None
 
 
+class _DaemonExecutor(futures.Executor):
+    """A small thread pool whose workers are daemon threads.
+
+    ``concurrent.futures.ThreadPoolExecutor`` joins its (non-daemon) workers at interpreter
+    exit, so one callback that never returns would keep the operator process alive forever.
+    The driver runs callbacks and notifications here instead: a hung callback is abandoned
+    once its deadline passes, and the process can still exit. Workers start on demand (up to
+    ``max_workers``) and end after :meth:`shutdown`, once their current call returns.
+    """
+
+    def __init__(self, max_workers: int, name: str) -> None:
+        self._max_workers = max_workers
+        self._name = name
+        self._lock = threading.Lock()
+        self._queue: queue.SimpleQueue[tuple[futures.Future[Any], Callable[[], Any]] | None] = (
+            queue.SimpleQueue()
+        )
+        self._idle = threading.Semaphore(0)
+        self._workers = 0
+        self._shutdown = False
+
+    def submit(
+        self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs
+    ) -> futures.Future[_T]:
+        """Schedule ``fn(*args, **kwargs)``; raise ``RuntimeError`` after :meth:`shutdown`."""
+        future: futures.Future[_T] = futures.Future()
+        with self._lock:
+            if self._shutdown:
+                raise RuntimeError("cannot schedule new calls after shutdown")
+            self._queue.put((future, lambda: fn(*args, **kwargs)))
+            if not self._idle.acquire(blocking=False) and self._workers < self._max_workers:
+                self._workers += 1
+                threading.Thread(
+                    target=self._work, name=f"{self._name}_{self._workers - 1}", daemon=True
+                ).start()
+        return future
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Stop accepting calls; workers end once the queue is drained.
+
+        ``wait`` is ignored: a hung call must never block the caller.
+        """
+        with self._lock:
+            self._shutdown = True
+            if cancel_futures:
+                while True:
+                    try:
+                        item = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if item is not None:
+                        item[0].cancel()
+            for _ in range(self._workers):
+                self._queue.put(None)
+
+    def _work(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            future, call = item
+            if future.set_running_or_notify_cancel():
+                try:
+                    result = call()
+                except BaseException as error:
+                    future.set_exception(error)
+                else:
+                    future.set_result(result)
+                del future, call, item  # drop references before waiting again
+            self._idle.release()
+
+
 class _Signals:
     """What the signal stream has said so far, as futures the orchestrator can wait on.
 
     ``decided`` completes with the first decisive signal (inputs ready, cancelled, upstream
     failed, completed elsewhere) or with the stream's permanent error; ``cancelled`` completes
-    when the stage must stop. Only the watcher thread writes them.
+    when the stage must stop. The watcher thread writes them, and so does a local cancellation
+    (SIGTERM) from the main thread: whichever comes first wins, the other changes nothing.
     """
 
     def __init__(self) -> None:
         self.decided: futures.Future[Signal] = futures.Future()
         self.cancelled: futures.Future[Signal] = futures.Future()
+        self.local: Signal | None = None  # the local cancellation, once there is one
 
     def deliver(self, signal: Signal) -> None:
         if signal.kind is SignalKind.WAITING:
             return
-        if not self.decided.done():
-            self.decided.set_result(signal)
-        if signal.kind is not SignalKind.INPUTS_READY and not self.cancelled.done():
-            self.cancelled.set_result(signal)
+        _settle(self.decided, signal)
+        if signal.kind is not SignalKind.INPUTS_READY:
+            _settle(self.cancelled, signal)
+
+    def cancel_locally(self, reason: str) -> bool:
+        """Stop the stage as a platform cancel would; False if it was cancelled before."""
+        if self.local is not None:
+            return False
+        self.local = Signal(SignalKind.JOB_CANCELLED, reason)
+        self.deliver(self.local)
+        return True
 
     def fail(self, error: BaseException) -> None:
-        if not self.decided.done():
+        with contextlib.suppress(futures.InvalidStateError):
             self.decided.set_exception(error)
+
+
+def _settle(future: futures.Future[Signal], signal: Signal) -> None:
+    """Complete ``future`` unless another writer already did."""
+    with contextlib.suppress(futures.InvalidStateError):
+        future.set_result(signal)
 
 
 class Driver(Generic[AppData]):
@@ -127,7 +222,16 @@ class Driver(Generic[AppData]):
     callback that raises, returns anything but a bool, or runs past its deadline fails the
     stage with a message naming the callback. Callbacks run on the driver's thread pool (one
     it creates and shuts down, or the ``executor`` given, which it never shuts down);
-    notifications are delivered in order on a thread of the driver's own.
+    notifications are delivered in order on a thread of the driver's own. The driver's own
+    threads are daemon threads: a callback that never returns is abandoned at its deadline
+    and does not keep the process alive.
+
+    SIGTERM: when ``start()`` is called from the main thread and SIGTERM still has its default
+    disposition, the driver handles it until the life-cycle ends: the stage is cancelled as if
+    the platform had cancelled it (execute is skipped or interrupted, cleanup runs, CANCELLED
+    is reported) and ``wait_for_completion()`` returns. A second SIGTERM, or one after the
+    life-cycle ended, terminates the process as the default disposition would. Pass
+    ``handle_sigterm=False`` to leave signals alone.
 
     Settings come from the arguments first, then from the environment the platform sets
     (``NVIDIA_CLARA_STAGE_SERVICE``, ``NVIDIA_CLARA_JOBID``, ``NVIDIA_CLARA_STAGENAME``,
@@ -155,6 +259,11 @@ class Driver(Generic[AppData]):
         retry: The backoff policy for transient platform failures.
         executor: The pool to run callbacks on; the driver does not shut it down.
         channel: A gRPC channel to the stage service; the driver does not close it.
+        handle_sigterm: Cancel the stage locally on SIGTERM (see above; default True).
+        tls: TLS (or mutual TLS) settings for the channel (default: ``NVIDIA_CLARA_TLS_*``;
+            none of them set means plaintext).
+        stage_token: The stage's secret token (default: ``NVIDIA_CLARA_STAGE_TOKEN``), sent
+            with every call; never logged.
         environ: The environment to read settings from (default: ``os.environ``).
 
     Raises:
@@ -178,6 +287,9 @@ class Driver(Generic[AppData]):
         executor: futures.Executor | None = None,
         channel: grpc.Channel | None = None,
         environ: Mapping[str, str] | None = None,
+        tls: TlsConfig | None = None,
+        stage_token: str | None = None,
+        handle_sigterm: bool = True,
     ) -> None:
         for name, callback in (
             ("prepare", prepare),
@@ -200,6 +312,8 @@ class Driver(Generic[AppData]):
             timeouts=timeouts,
             retry=retry,
             environ=environ,
+            tls=tls,
+            stage_token=stage_token,
         )
         self._given_executor = executor
         self._given_channel = channel
@@ -210,9 +324,12 @@ class Driver(Generic[AppData]):
         self._done = threading.Event()
         self._stop = threading.Event()
         self._signals = _Signals()
+        self._interrupted = threading.Event()  # set by a local cancellation (SIGTERM)
+        self._handle_sigterm = handle_sigterm
+        self._sigterm_handler: Callable[[int, FrameType | None], None] | None = None
         # Notifications are delivered in order on one thread of the driver's own, so a slow
         # notification callback never stalls the life-cycle. Threads start on first use.
-        self._notifier = futures.ThreadPoolExecutor(1, thread_name_prefix="clara-notify")
+        self._notifier = _DaemonExecutor(1, "clara-notify")
         self._log_fields = {"job_id": str(self._config.job_id), "stage": self._config.stage_name}
 
     # -- public surface -------------------------------------------------------------------
@@ -264,7 +381,7 @@ class Driver(Generic[AppData]):
 
     @property
     def cancel_requested(self) -> bool:
-        """True once the platform cancelled the stage: a long callback should return early."""
+        """True once the stage is cancelled (platform or SIGTERM): a callback should return."""
         return self._signals.cancelled.done()
 
     def start(self) -> None:
@@ -280,6 +397,7 @@ class Driver(Generic[AppData]):
                     "a driver runs one life-cycle"
                 )
             self._state = DriverState.CONNECTING
+        self._install_sigterm_handler()
         threading.Thread(
             target=self._run_lifecycle, name=f"clara-driver-{self.stage_name}", daemon=False
         ).start()
@@ -310,7 +428,45 @@ class Driver(Generic[AppData]):
                 "(wait_for_completion timeout)"
             )
         assert self._result is not None  # set before _done
+        self._restore_sigterm_handler()
         return self._result
+
+    # -- SIGTERM ----------------------------------------------------------------------------
+
+    def _install_sigterm_handler(self) -> None:
+        """Handle SIGTERM while the life-cycle runs, if asked to and nobody else does."""
+        if not self._handle_sigterm or threading.current_thread() is not threading.main_thread():
+            return
+        if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+            return  # the application (or another driver) handles it: leave it alone
+        handler = self._on_sigterm
+        signal.signal(signal.SIGTERM, handler)
+        self._sigterm_handler = handler
+
+    def _restore_sigterm_handler(self) -> None:
+        """Put the default disposition back (only the main thread can, once done)."""
+        handler = self._sigterm_handler
+        if handler is None or threading.current_thread() is not threading.main_thread():
+            return
+        self._sigterm_handler = None
+        if signal.getsignal(signal.SIGTERM) is handler:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+    def _on_sigterm(self, signum: int, frame: FrameType | None) -> None:
+        # Runs on the main thread between two bytecodes: only set futures and events here.
+        if self._done.is_set() or not self._cancel_locally(
+            f"the operator process received {signal.Signals(signum).name}"
+        ):
+            # The life-cycle is over, or this is the second signal: terminate as by default.
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+
+    def _cancel_locally(self, reason: str) -> bool:
+        """Cancel the stage from inside the process, along the platform-cancel path."""
+        if not self._signals.cancel_locally(reason):
+            return False
+        self._interrupted.set()
+        return True
 
     # -- the life-cycle, top to bottom ----------------------------------------------------
 
@@ -319,9 +475,7 @@ class Driver(Generic[AppData]):
         owned_pool = None
         executor = self._given_executor
         if executor is None:
-            owned_pool = futures.ThreadPoolExecutor(
-                _DEFAULT_WORKERS, thread_name_prefix=f"clara-callback-{self.stage_name}"
-            )
+            owned_pool = _DaemonExecutor(_DEFAULT_WORKERS, f"clara-callback-{self.stage_name}")
             executor = owned_pool
         self._emit(NotificationKind.STARTED, f"stage {self.stage_name} of job {self.job_id}")
         link = self._open_link()
@@ -340,8 +494,11 @@ class Driver(Generic[AppData]):
             watcher.start()
             result = self._prepare_and_execute(executor, link)
         except ClaraError as error:
-            result = StageResult(StageOutcome.FAILED, f"platform: {error}", error)
-            self._emit(NotificationKind.ERROR, result.message, error)
+            if self._context is None and self._signals.local is not None:
+                result = self._cancelled(self._signals.local)  # SIGTERM while connecting
+            else:
+                result = StageResult(StageOutcome.FAILED, f"platform: {error}", error)
+                self._emit(NotificationKind.ERROR, result.message, error)
         except Exception as error:  # a defect of the driver: still clean up and report
             _log.exception("driver failed unexpectedly", extra=self._log_fields)
             result = StageResult(StageOutcome.FAILED, f"driver error: {error!r}", error)
@@ -432,9 +589,14 @@ class Driver(Generic[AppData]):
 
     def _report(self, link: StageLink, result: StageResult) -> StageResult:
         report_id = uuid.uuid4().hex
-        deadline = time.monotonic() + self._config.timeouts.report.total_seconds()
-        rpc_timeout = self._config.timeouts.rpc.total_seconds()
+        timeouts = self._config.timeouts
+        # A process asked to stop (SIGTERM) still reports, but only within the grace period.
+        budget = timeouts.grace if self._interrupted.is_set() else timeouts.report
+        deadline = time.monotonic() + budget.total_seconds()
+        rpc_timeout = timeouts.rpc.total_seconds()
         try:
+            # The one retry mechanism of CompleteStage (the channel has no gRPC retry policy):
+            # the same report id on every attempt, so the platform applies it at most once.
             state, applied = call_with_retry(
                 lambda left: link.complete(
                     report_id, result.outcome, result.message, min(left, rpc_timeout)
@@ -443,6 +605,7 @@ class Driver(Generic[AppData]):
                 deadline=deadline,
                 stop=threading.Event(),  # reporting is never abandoned early
                 on_retry=self._on_retry("CompleteStage"),
+                retry_on=IDEMPOTENT_RETRYABLE,
             )
         except PlatformError as error:
             message = f"could not report outcome {result.outcome.value}: {error}"
@@ -467,13 +630,31 @@ class Driver(Generic[AppData]):
     def _fetch_context(self, link: StageLink) -> StageContext:
         timeouts = self._config.timeouts
         rpc_timeout = timeouts.rpc.total_seconds()
-        context = call_with_retry(
-            lambda left: link.fetch_context(min(left, rpc_timeout)),
-            policy=self._config.retry,
-            deadline=time.monotonic() + timeouts.connect.total_seconds(),
-            stop=self._stop,
-            on_retry=self._on_retry("GetStageContext"),
-        )
+        attempts = 0
+
+        def attempt(left: float) -> StageContext:
+            nonlocal attempts
+            attempts += 1
+            return link.fetch_context(min(left, rpc_timeout))
+
+        try:
+            context = call_with_retry(
+                attempt,
+                policy=self._config.retry,
+                deadline=time.monotonic() + timeouts.connect.total_seconds(),
+                stop=self._interrupted,
+                on_retry=self._on_retry("GetStageContext"),
+                retry_on=IDEMPOTENT_RETRYABLE,
+            )
+        except IDEMPOTENT_RETRYABLE as error:
+            if self._interrupted.is_set():
+                raise
+            raise type(error)(
+                error.method,
+                error.code,
+                f"the platform at {self._config.target} did not answer within "
+                f"{timeouts.connect} ({attempts} attempts); last error: {error.details}",
+            ) from error
         self._emit(NotificationKind.CONNECTED, self._config.target or "standalone")
         return context
 
@@ -530,8 +711,11 @@ class Driver(Generic[AppData]):
     ) -> _CallResult:
         """Run one callback on the pool until it returns, its deadline passes, or a cancel.
 
-        Cleanup is never interrupted by cancellation: it is what runs after one.
+        Cleanup is never interrupted by cancellation: it is what runs after one; the other
+        callbacks are not even started once the stage is cancelled.
         """
+        if name != "cleanup" and self._signals.cancelled.done():
+            return _CallResult(_CallEnd.INTERRUPTED, self._signals.cancelled.result().message)
         started = NotificationKind[f"{name.upper()}_STARTED"]
         finished = NotificationKind[f"{name.upper()}_FINISHED"]
         self._emit(started, name)
@@ -577,6 +761,9 @@ class Driver(Generic[AppData]):
         return StageResult(StageOutcome.FAILED, call.message, call.error)
 
     def _cancelled(self, signal: Signal) -> StageResult:
+        if signal is self._signals.local:
+            self._emit(NotificationKind.CANCELLED, signal.message)
+            return StageResult(StageOutcome.CANCELLED, signal.message)
         reason = {
             SignalKind.JOB_CANCELLED: "the job was cancelled",
             SignalKind.UPSTREAM_FAILED: "an upstream stage did not succeed",

@@ -9,11 +9,24 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from clara._exceptions import ConfigurationError, PlatformError, PlatformUnavailableError
+from clara._exceptions import (
+    ConfigurationError,
+    DeadlineExceededError,
+    PlatformError,
+    PlatformUnavailableError,
+)
 
-__all__ = ["RetryConfig", "call_with_retry"]
+__all__ = ["IDEMPOTENT_RETRYABLE", "RetryConfig", "call_with_retry"]
 
 T = TypeVar("T")
+
+IDEMPOTENT_RETRYABLE: tuple[type[PlatformError], ...] = (
+    PlatformUnavailableError,
+    DeadlineExceededError,
+)
+"""What an idempotent call (GetStageContext, CompleteStage with its report id) retries: a
+transient failure, or one attempt that ran out of its own RPC timeout (the overall deadline
+still bounds the retrying)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +67,7 @@ def call_with_retry(
     deadline: float,
     stop: threading.Event,
     on_retry: Callable[[int, PlatformError, float], None],
+    retry_on: tuple[type[PlatformError], ...] = (PlatformUnavailableError,),
 ) -> T:
     """Run ``call`` until it succeeds, fails permanently, or ``deadline`` passes.
 
@@ -64,6 +78,8 @@ def call_with_retry(
         deadline: A ``time.monotonic()`` value after which no attempt starts.
         stop: When set, waiting between attempts ends and the last error is raised.
         on_retry: Called before each wait with the attempt number, its error and the delay.
+        retry_on: The errors that are retried (default: transient ones only); pass
+            :data:`IDEMPOTENT_RETRYABLE` for calls that are safe to repeat after a timeout.
 
     Returns:
         What the successful attempt returned.
@@ -78,7 +94,7 @@ def call_with_retry(
         remaining = deadline - time.monotonic()
         try:
             return call(max(remaining, 0.001))
-        except PlatformUnavailableError as error:
+        except retry_on as error:
             delay = policy.delay(attempt)
             if time.monotonic() + delay >= deadline or stop.is_set():
                 raise

@@ -28,6 +28,7 @@ from clara._payload import PayloadEntry
 from clara._proto.nvidia.clara.platform.stage.v1 import stage_service_pb2 as pb
 from clara._proto.nvidia.clara.platform.stage.v1 import stage_service_pb2_grpc as pb_grpc
 from clara._result import StageOutcome
+from clara._tls import STAGE_TOKEN_METADATA
 
 __all__ = ["GrpcStageLink", "Signal", "SignalKind", "StageLink", "StandaloneStageLink"]
 
@@ -130,7 +131,13 @@ class GrpcStageLink:
 
     def __init__(self, config: DriverConfig, channel: grpc.Channel | None = None) -> None:
         self._owns_channel = channel is None
-        self._channel = channel or grpc.insecure_channel(config.target, options=CHANNEL_OPTIONS)
+        self._channel = channel or open_channel(config)
+        # The stage token rides on every call; it is never logged (see clara._tls).
+        self._metadata: tuple[tuple[str, str], ...] | None = (
+            ((STAGE_TOKEN_METADATA, f"Bearer {config.stage_token}"),)
+            if config.stage_token
+            else None
+        )
         self._stub = pb_grpc.StageServiceStub(self._channel)
         self._ref = pb.StageRef(job_id=str(config.job_id), stage_name=config.stage_name)
         self._job_id = config.job_id
@@ -143,7 +150,7 @@ class GrpcStageLink:
         """Call GetStageContext and convert the answer."""
         try:
             response = self._stub.GetStageContext(
-                pb.GetStageContextRequest(stage=self._ref), timeout=timeout
+                pb.GetStageContextRequest(stage=self._ref), timeout=timeout, metadata=self._metadata
             )
         except grpc.RpcError as error:
             raise from_grpc_error("GetStageContext", error) from None
@@ -151,7 +158,9 @@ class GrpcStageLink:
 
     def watch(self, timeout: float) -> Iterator[Signal]:
         """Open WatchStage and yield signals; ends quietly after :meth:`stop_watching`."""
-        call = self._stub.WatchStage(pb.WatchStageRequest(stage=self._ref), timeout=timeout)
+        call = self._stub.WatchStage(
+            pb.WatchStageRequest(stage=self._ref), timeout=timeout, metadata=self._metadata
+        )
         with self._lock:
             if self._stopped:
                 call.cancel()  # type: ignore[no-untyped-call]  # grpc-stubs leaves it untyped
@@ -186,7 +195,7 @@ class GrpcStageLink:
             stage=self._ref, report_id=report_id, outcome=_OUTCOMES[outcome], message=message
         )
         try:
-            response = self._stub.CompleteStage(request, timeout=timeout)
+            response = self._stub.CompleteStage(request, timeout=timeout, metadata=self._metadata)
         except grpc.RpcError as error:
             raise from_grpc_error("CompleteStage", error) from None
         state = pb.StageState.Name(response.state).removeprefix("STAGE_STATE_").lower()
@@ -202,7 +211,9 @@ class GrpcStageLink:
         # Progress events are best-effort: whatever goes wrong sending one must never disturb
         # the life-cycle (a closed channel, a channel that lacks callbacks), so it is logged.
         try:
-            future = self._stub.ReportStageEvent.future(request, timeout=EVENT_TIMEOUT)
+            future = self._stub.ReportStageEvent.future(
+                request, timeout=EVENT_TIMEOUT, metadata=self._metadata
+            )
             with self._lock:
                 self._pending_events.add(future)
             future.add_done_callback(self._event_done)
@@ -231,6 +242,17 @@ class GrpcStageLink:
         self._flush_events(EVENT_FLUSH_TIMEOUT)
         if self._owns_channel:
             self._channel.close()
+
+
+def open_channel(config: DriverConfig) -> grpc.Channel:
+    """Open the channel to ``config.target``: TLS when the settings carry certificates."""
+    if config.tls is None:
+        return grpc.insecure_channel(config.target, options=CHANNEL_OPTIONS)
+    return grpc.secure_channel(
+        config.target,
+        config.tls.credentials(),
+        options=[*CHANNEL_OPTIONS, *config.tls.channel_options()],
+    )
 
 
 def _log_event_failure(future: grpc.Future[Any]) -> None:

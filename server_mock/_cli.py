@@ -15,10 +15,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
+from server_mock._cli_admin import ADMIN_COMMANDS, add_admin_commands, run_admin
 from server_mock._client import PlatformApiError, PlatformClient
 from server_mock._jobs import StageState
+from server_mock._persistence import StateStoreError
 from server_mock._platform import JobSnapshot, MockPlatform, StageSnapshot
 from server_mock._runner import LocalProcessLauncher, OperatorMapError, load_operator_map
+from server_mock._tls import (
+    TlsUsageError,
+    add_tls_arguments,
+    operator_address,
+    serve_tls_from_args,
+)
 
 __all__ = ["main"]
 
@@ -70,6 +78,14 @@ def _build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="allow a non-loopback --host without TLS (anyone on the network can use it)",
     )
+    add_tls_arguments(serve)
+    serve.add_argument(
+        "--state",
+        type=Path,
+        metavar="PATH",
+        help="keep pipelines, payloads and jobs in this SQLite file so they survive a restart "
+        "(payload files go to PATH.workspace unless --workspace is given; default: in memory)",
+    )
     _add_runner_arguments(serve, command_dir_help="working folder of operator commands")
 
     run = commands.add_parser(
@@ -90,6 +106,7 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--job-name", help="the job's name (default: the pipeline's name)")
     _add_runner_arguments(run, command_dir_help=None)
+    add_admin_commands(commands)
     return parser
 
 
@@ -126,20 +143,43 @@ def _configure_logging(verbosity: int) -> None:
 def _serve(args: argparse.Namespace, out: TextIO) -> int:
     if not 0 <= args.port < 65536:
         raise UsageError(f"--port {args.port}: expected 0-65535")
-    if not _is_loopback(args.host) and not args.insecure:
+    try:
+        tls = serve_tls_from_args(args)
+    except TlsUsageError as error:
+        raise UsageError(str(error)) from None
+    if not _is_loopback(args.host) and tls is None and not args.insecure:
         raise UsageError(
-            f"--host {args.host}: TLS is required to listen beyond loopback; this build serves "
-            "plaintext only, so pass --insecure to accept that anyone who can reach the port "
-            "can use the platform"
+            f"--host {args.host}: TLS is required to listen beyond loopback: give --tls-cert "
+            "and --tls-key (and --tls-client-ca to require client certificates), or pass "
+            "--insecure to accept that anyone who can reach the port can use the platform"
+        )
+    if not _is_loopback(args.host) and (tls is None or not tls.server.mutual):
+        print(
+            f"clara-mock serve: warning: anyone who can reach {args.host} can use the Clara "
+            "Platform API; --tls-client-ca restricts it to holders of a client certificate",
+            file=sys.stderr,
         )
     operators_dir = args.operators_dir.resolve()
     if not operators_dir.is_dir():
         raise UsageError(f"--operators-dir {args.operators_dir}: not a folder")
     launcher_holder: list[MockPlatform] = []
     launcher = LocalProcessLauncher(
-        lambda: launcher_holder[0].address, operators_dir, operator_map=_operator_map(args)
+        lambda: operator_address(launcher_holder[0].address),
+        operators_dir,
+        operator_map=_operator_map(args),
+        extra_env=tls.operator_env if tls is not None else None,
+        # A lambda: the platform (and its token store) is created after the launcher.
+        stage_token=lambda job, stage: launcher_holder[0].stage_tokens.issue(job, stage),  # noqa: PLW0108
     )
-    platform = MockPlatform(args.host, args.port, workspace=args.workspace, launcher=launcher)
+    platform = MockPlatform(
+        args.host,
+        args.port,
+        workspace=args.workspace,
+        state_path=args.state,
+        launcher=launcher,
+        tls=tls.server if tls is not None else None,
+        require_stage_tokens=True,
+    )
     launcher_holder.append(platform)
     stopped = threading.Event()
 
@@ -210,11 +250,14 @@ def _run(args: argparse.Namespace, out: TextIO) -> int:
     operator_map = _operator_map(args)
     holder: list[MockPlatform] = []
     launcher = LocalProcessLauncher(
-        lambda: holder[0].address, pipeline.resolve().parent, operator_map=operator_map
+        lambda: holder[0].address,
+        pipeline.resolve().parent,
+        operator_map=operator_map,
+        stage_token=lambda job, stage: holder[0].stage_tokens.issue(job, stage),  # noqa: PLW0108
     )
     with tempfile.TemporaryDirectory(prefix="clara-run-") as temp:
         workspace = args.workspace or Path(temp)
-        platform = MockPlatform(workspace=workspace, launcher=launcher)
+        platform = MockPlatform(workspace=workspace, launcher=launcher, require_stage_tokens=True)
         holder.append(platform)
         platform.start()
         try:
@@ -296,11 +339,13 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     stream = out or sys.stdout
     args = _build_parser().parse_args(argv)
     _configure_logging(args.verbose)
+    if args.command in ADMIN_COMMANDS:
+        return run_admin(args, stream)
     try:
         if args.command == "serve":
             return _serve(args, stream)
         return _run(args, stream)
-    except UsageError as error:
+    except (UsageError, StateStoreError) as error:
         print(f"clara-mock {args.command}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
     except PlatformApiError as error:

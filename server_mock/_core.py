@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import dataclasses
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -61,6 +61,7 @@ class JobRecord:
         input_payload_ids: Reusable payloads copied into the job's input folder on start.
         metadata: The job's metadata.
         variables: The values given on start (empty until then).
+        definition_text: The YAML text of ``definition`` (what persistence saves).
         starting: True while a start request is copying inputs and launching operators.
     """
 
@@ -73,6 +74,7 @@ class JobRecord:
     input_payload_ids: tuple[uuid.UUID, ...] = ()
     metadata: dict[str, str] = field(default_factory=dict)
     variables: dict[str, str] = field(default_factory=dict)
+    definition_text: str = ""
     starting: bool = False
 
 
@@ -87,6 +89,8 @@ class PlatformState:
         pipelines: The registered pipelines.
         payloads: The payloads, in ``workspace / "payloads"``.
         job_records: The platform API's records of the jobs it created, by job id.
+        transaction: Groups the persistence writes of one request into one transaction (a
+            no-op without a state file; see :mod:`server_mock._persistence`).
     """
 
     workspace: Path
@@ -95,6 +99,7 @@ class PlatformState:
     pipelines: PipelineStore = field(default_factory=PipelineStore)
     payloads: PayloadStore = field(init=False)
     job_records: dict[uuid.UUID, JobRecord] = field(default_factory=dict)
+    transaction: Callable[[], contextlib.AbstractContextManager[None]] = contextlib.nullcontext
 
     def __post_init__(self) -> None:
         self.payloads = PayloadStore(self.workspace / "payloads")
@@ -148,25 +153,28 @@ class PlatformState:
                     "only reusable payloads can be job inputs",
                 )
         job_id = uuid.uuid4()
-        payload = self.payloads.create(PayloadType.PIPELINE, job_id=job_id)
-        layout = JobLayout(payload.root)
-        try:
-            job = build_job(job_id, name, pipeline_id.hex, pipeline.definition, layout)
-            self.jobs.add(job)
-        except BaseException:
-            self.payloads.delete(payload.payload_id)
-            raise
-        record = JobRecord(
-            job_id=job_id,
-            pipeline_id=pipeline_id,
-            payload_id=payload.payload_id,
-            definition=pipeline.definition,
-            layout=layout,
-            priority=priority,
-            input_payload_ids=inputs,
-            metadata=dict(metadata or {}),
-        )
-        self.job_records[job_id] = record
+        with self.transaction():  # the payload, the job and its record: saved together
+            payload = self.payloads.create(PayloadType.PIPELINE, job_id=job_id)
+            layout = JobLayout(payload.root)
+            record = JobRecord(
+                job_id=job_id,
+                pipeline_id=pipeline_id,
+                payload_id=payload.payload_id,
+                definition=pipeline.definition,
+                layout=layout,
+                priority=priority,
+                input_payload_ids=inputs,
+                metadata=dict(metadata or {}),
+                definition_text=pipeline.text,
+            )
+            try:
+                job = build_job(job_id, name, pipeline_id.hex, pipeline.definition, layout)
+                self.job_records[job_id] = record  # before add: saving the job saves its record
+                self.jobs.add(job)
+            except BaseException:
+                self.job_records.pop(job_id, None)
+                self.payloads.delete(payload.payload_id)
+                raise
         return record
 
     async def start_job(self, job_id: uuid.UUID, variables: Mapping[str, str] | None = None) -> Job:

@@ -13,7 +13,7 @@ import asyncio
 import enum
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from types import MappingProxyType
@@ -153,7 +153,12 @@ _OUTCOME_STATES = {
 
 
 class Job:
-    """A job: its stages and the DAG rules between them."""
+    """A job: its stages and the DAG rules between them.
+
+    ``on_change``, when set, is called with the job after each transition (start, a stage's
+    end, cancellation), before the caller gets control back: the persistence hook. Progress
+    events (:meth:`record_event`) are not transitions and do not call it.
+    """
 
     def __init__(
         self,
@@ -183,6 +188,7 @@ class Job:
         self.ended_at: float | None = None
         self._changed = asyncio.Event()
         self.version = 0
+        self.on_change: Callable[[Job], None] | None = None
 
     # -- waiting ------------------------------------------------------------------------
 
@@ -194,6 +200,10 @@ class Job:
         self.version += 1
         self._changed.set()
         self._changed = asyncio.Event()
+
+    def _transitioned(self) -> None:
+        if self.on_change is not None:
+            self.on_change(self)
 
     # -- lookups ------------------------------------------------------------------------
 
@@ -223,6 +233,7 @@ class Job:
         for stage in self.stages.values():
             self._update_readiness(stage)
         self._broadcast()
+        self._transitioned()
 
     def complete_stage(
         self, name: str, report_id: str, outcome: str, message: str
@@ -240,6 +251,7 @@ class Job:
         stage.reports_applied += 1
         self._end_stage(stage, _OUTCOME_STATES[outcome], message)
         self._settle()
+        self._transitioned()
         return stage.state, True
 
     def fail_stage(self, name: str, state: StageState, message: str) -> bool:
@@ -253,6 +265,7 @@ class Job:
             return False
         self._end_stage(stage, state, message)
         self._settle()
+        self._transitioned()
         return True
 
     def cancel(self, message: str = "cancelled by request") -> bool:
@@ -267,6 +280,7 @@ class Job:
         self.message = message
         self.ended_at = time.time()
         self._broadcast()
+        self._transitioned()
         return True
 
     def record_event(self, name: str, kind: str, message: str) -> None:
@@ -324,16 +338,28 @@ class Job:
 
 
 class JobStore:
-    """All jobs of the platform, by id."""
+    """All jobs of the platform, by id.
+
+    ``on_change``, when set, becomes the :attr:`Job.on_change` of every job added, and is
+    called for the new job itself.
+    """
 
     def __init__(self) -> None:
         self._jobs: dict[uuid.UUID, Job] = {}
+        self.on_change: Callable[[Job], None] | None = None
 
     def add(self, job: Job) -> Job:
         """Register a new job."""
         if job.job_id in self._jobs:
             raise ValueError(f"job {job.job_id} already exists")
         self._jobs[job.job_id] = job
+        if self.on_change is not None:
+            job.on_change = self.on_change
+            try:
+                self.on_change(job)
+            except BaseException:
+                del self._jobs[job.job_id]
+                raise
         return job
 
     def get(self, job_id: uuid.UUID) -> Job:

@@ -25,7 +25,7 @@ import stat
 import tempfile
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
@@ -234,6 +234,10 @@ def _check_new_file(base: Path, relative: PurePosixPath, name: str) -> Path:
 class PayloadStore:
     """All payloads, by id, each in its folder under ``root``.
 
+    ``on_saved`` and ``on_removed`` (by id), when set, are called when a payload is created
+    or deleted, before the caller gets control back: the persistence hooks. (The files live
+    in the payload's folder and need no hook.)
+
     Args:
         root: The folder holding one sub-folder per payload (``<workspace>/payloads``).
     """
@@ -241,6 +245,12 @@ class PayloadStore:
     def __init__(self, root: Path) -> None:
         self.root = root
         self._payloads: dict[uuid.UUID, PayloadRecord] = {}
+        self.on_saved: Callable[[PayloadRecord], None] | None = None
+        self.on_removed: Callable[[uuid.UUID], None] | None = None
+
+    def restore(self, record: PayloadRecord) -> None:
+        """Put back a payload loaded from saved state (no hook is called)."""
+        self._payloads[record.payload_id] = record
 
     @property
     def _temp_dir(self) -> Path:
@@ -267,6 +277,13 @@ class PayloadStore:
             job_id=job_id,
         )
         self._payloads[payload_id] = record
+        if self.on_saved is not None:
+            try:
+                self.on_saved(record)
+            except BaseException:
+                del self._payloads[payload_id]
+                shutil.rmtree(root, ignore_errors=True)
+                raise
         return record
 
     def get(self, payload_id: uuid.UUID) -> PayloadRecord:
@@ -293,6 +310,8 @@ class PayloadStore:
             ApiError: No such payload.
         """
         record = self.get(payload_id)
+        if self.on_removed is not None:
+            self.on_removed(payload_id)
         del self._payloads[payload_id]
         shutil.rmtree(record.root, ignore_errors=True)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from server_mock._errors import ApiError, ErrorCode
@@ -62,10 +62,21 @@ def _parse(text: str) -> PipelineDefinition:
 
 
 class PipelineStore:
-    """All registered pipelines, by id."""
+    """All registered pipelines, by id.
+
+    ``on_saved`` (a record was created or its definition replaced) and ``on_removed`` (by id),
+    when set, are called after each change, before the caller gets control back: the
+    persistence hooks. If one raises, the change is undone and the error propagates.
+    """
 
     def __init__(self) -> None:
         self._pipelines: dict[uuid.UUID, PipelineRecord] = {}
+        self.on_saved: Callable[[PipelineRecord], None] | None = None
+        self.on_removed: Callable[[uuid.UUID], None] | None = None
+
+    def restore(self, record: PipelineRecord) -> None:
+        """Put back a pipeline loaded from saved state (no hook is called)."""
+        self._pipelines[record.pipeline_id] = record
 
     def create(
         self,
@@ -92,6 +103,12 @@ class PipelineStore:
             metadata=dict(metadata or {}),
         )
         self._pipelines[record.pipeline_id] = record
+        if self.on_saved is not None:
+            try:
+                self.on_saved(record)
+            except BaseException:
+                del self._pipelines[record.pipeline_id]
+                raise
         return record
 
     def get(self, pipeline_id: uuid.UUID) -> PipelineRecord:
@@ -119,10 +136,17 @@ class PipelineStore:
         """
         record = self.get(pipeline_id)
         definition = _parse(text)
+        before = (record.text, record.definition, record.path, record.updated_at)
         record.text = text
         record.definition = definition
         record.path = path or record.path
         record.updated_at = time.time()
+        if self.on_saved is not None:
+            try:
+                self.on_saved(record)
+            except BaseException:
+                record.text, record.definition, record.path, record.updated_at = before
+                raise
         return record
 
     def remove(self, pipeline_id: uuid.UUID) -> PipelineRecord:
@@ -132,5 +156,7 @@ class PipelineStore:
             ApiError: No such pipeline.
         """
         record = self.get(pipeline_id)
+        if self.on_removed is not None:
+            self.on_removed(pipeline_id)
         del self._pipelines[pipeline_id]
         return record

@@ -25,10 +25,14 @@ from grpc_reflection.v1alpha import reflection
 
 from clara._proto.nvidia.clara.platform.stage.v1 import stage_service_pb2 as stage_pb
 from clara._proto.nvidia.clara.platform.stage.v1 import stage_service_pb2_grpc as stage_grpc
+from server_mock._auth import StageTokens
 from server_mock._core import InProcessLauncher, PlatformState, StageLauncher
 from server_mock._jobs import Job, JobState, StageSpec, StageState
-from server_mock._platform_api import add_platform_api_to_server
+from server_mock._persistence import StateStore, default_workspace
+from server_mock._platform_api import DEFAULT_MAX_UPLOAD_BYTES, add_platform_api_to_server
+from server_mock._request_guard import RequestGuard
 from server_mock._stage_service import StageService
+from server_mock._tls import ServerTls
 
 __all__ = ["JobSnapshot", "MockPlatform", "StageSnapshot"]
 
@@ -107,9 +111,22 @@ class MockPlatform:
         host: The interface to bind; loopback by default.
         port: The port to bind; 0 picks a free one.
         workspace: The folder for payloads and job data; by default a temporary folder that
-            is removed on :meth:`stop`.
+            is removed on :meth:`stop` (with ``state_path``: ``<state_path>.workspace``).
         launcher: Starts a job's operators; by default nothing is launched and the caller
             runs the drivers (in-process tests).
+        tls: Serve over TLS with this certificate (mutual TLS when it has a client CA);
+            by default plaintext, for loopback only.
+        require_stage_tokens: Refuse stage API calls that do not carry the token of the stage
+            they name (``UNAUTHENTICATED``/``PERMISSION_DENIED``). Off by default for
+            in-process tests; ``clara-mock serve``/``run`` turn it on, and their launcher
+            hands each operator its token. Tests get a token with :meth:`stage_token`.
+        max_upload_bytes: The largest file ``Payloads.Upload`` accepts.
+        state_path: Keep the platform's state in this SQLite file (see
+            :mod:`server_mock._persistence`): loaded by :meth:`start`, every change committed
+            before it is acknowledged. By default the state lives in memory only.
+
+    Raises:
+        TlsFileError: A file of ``tls`` is missing, unreadable or not PEM.
     """
 
     def __init__(
@@ -119,7 +136,18 @@ class MockPlatform:
         *,
         workspace: Path | None = None,
         launcher: StageLauncher | None = None,
+        tls: ServerTls | None = None,
+        require_stage_tokens: bool = False,
+        max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+        state_path: Path | None = None,
     ) -> None:
+        if max_upload_bytes <= 0:
+            raise ValueError(f"max_upload_bytes {max_upload_bytes}: expected a size > 0")
+        self.tls = tls
+        self._server_credentials = tls.credentials() if tls is not None else None
+        self.require_stage_tokens = require_stage_tokens
+        self.stage_tokens = StageTokens()
+        self._max_upload_bytes = max_upload_bytes
         self._host = host
         self._requested_port = port
         self._port: int | None = None
@@ -127,6 +155,11 @@ class MockPlatform:
         self._thread: threading.Thread | None = None
         self._server: grpc.aio.Server | None = None
         self._temp_workspace: tempfile.TemporaryDirectory[str] | None = None
+        self._state_path = state_path
+        self._state_store: StateStore | None = None
+        self._state_loaded = False
+        if workspace is None and state_path is not None:
+            workspace = default_workspace(state_path)
         if workspace is None:
             self._temp_workspace = tempfile.TemporaryDirectory(prefix="clara-mock-")
             workspace = Path(self._temp_workspace.name)
@@ -177,17 +210,22 @@ class MockPlatform:
         self._thread.start()
         ready.wait(10)
         try:
+            self.call(self._open_state)
             self._port = self.call_async(self._start_server)
         except BaseException:
+            self._close_state()
             self._shutdown_loop()
             raise
         _log.info("mock platform listening on %s", self.address)
         return self.address
 
     async def _start_server(self) -> int:
-        server = grpc.aio.server(options=SERVER_OPTIONS)
-        stage_grpc.add_StageServiceServicer_to_server(StageService(self.jobs), server)
-        platform_services = add_platform_api_to_server(server, self.state)
+        server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[RequestGuard()])
+        tokens = self.stage_tokens if self.require_stage_tokens else None
+        stage_grpc.add_StageServiceServicer_to_server(StageService(self.jobs, tokens), server)
+        platform_services = add_platform_api_to_server(
+            server, self.state, max_upload_bytes=self._max_upload_bytes
+        )
         health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]  # untyped alias
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         served = [
@@ -196,7 +234,11 @@ class MockPlatform:
         ]
         services = [*served, health.SERVICE_NAME, reflection.SERVICE_NAME]
         reflection.enable_server_reflection(services, server)
-        port = server.add_insecure_port(f"{self._host}:{self._requested_port}")
+        bind = f"{self._host}:{self._requested_port}"
+        if self._server_credentials is not None:
+            port = server.add_secure_port(bind, self._server_credentials)
+        else:
+            port = server.add_insecure_port(bind)
         if port == 0:
             raise RuntimeError(f"could not bind {self._host}:{self._requested_port}")
         await server.start()
@@ -213,10 +255,53 @@ class MockPlatform:
             server = self._server
             self._server = None
             self.call_async(lambda: server.stop(grace), timeout=grace + 10)
+        self._close_state()
         self._shutdown_loop()
         self._port = None
         if self._temp_workspace is not None:
             self._temp_workspace.cleanup()
+
+    def _open_state(self) -> None:
+        """On the loop thread: load the state file (on the first start) and save changes."""
+        if self._state_path is None:
+            return
+        store = StateStore(self._state_path)
+        try:
+            if not self._state_loaded:
+                store.load_into(self.state)
+                for job_id, stage, token in store.stage_tokens():
+                    self.stage_tokens.restore(job_id, stage, token)
+                self._state_loaded = True
+            store.attach(self.state)
+        except BaseException:
+            store.close()
+            raise
+        self._state_store = store
+        self.stage_tokens.on_issue = self._save_stage_token
+
+    def _save_stage_token(self, job_id: uuid.UUID, stage: str, token: str) -> None:
+        """Persist a new stage token before it is handed out (from any thread)."""
+        store = self._state_store
+        if store is None:
+            return
+        if threading.current_thread() is self._thread:
+            store.save_stage_token(job_id, stage, token)
+        else:
+            self.call(lambda: store.save_stage_token(job_id, stage, token))
+
+    def _close_state(self) -> None:
+        """Stop saving and close the state file (everything is committed already)."""
+        store = self._state_store
+        if store is None or self._loop is None:
+            return
+        self._state_store = None
+
+        def close() -> None:
+            self.stage_tokens.on_issue = None
+            store.detach(self.state)
+            store.close()
+
+        self.call(close)
 
     def _shutdown_loop(self) -> None:
         loop, thread = self._loop, self._thread
@@ -377,3 +462,24 @@ class MockPlatform:
                 await changed.wait()
 
         return self.call_async(lambda: asyncio.wait_for(wait(), timeout), timeout=timeout + 5)
+
+    # -- credentials ------------------------------------------------------------------------
+
+    def stage_token(self, job_id: uuid.UUID, stage: str) -> str:
+        """Return the secret token of ``stage`` of the job (issued on first use).
+
+        Pass it to an in-process driver (``clara.Driver(stage_token=...)``) when the
+        platform requires stage tokens. Never log it.
+
+        Raises:
+            KeyError: No such job or stage.
+        """
+
+        def check() -> None:
+            self.jobs.get(job_id).stage(stage)
+
+        try:
+            self.call(check)
+        except LookupError as error:
+            raise KeyError(str(error)) from None
+        return self.stage_tokens.issue(job_id, stage)

@@ -62,6 +62,7 @@ from server_mock._pipeline_definition import MAX_DEFINITION_BYTES, PipelineDefin
 from server_mock._pipelines import DEFAULT_DEFINITION_PATH
 
 __all__ = [
+    "DEFAULT_MAX_UPLOAD_BYTES",
     "MAX_METADATA_BYTES",
     "MAX_METADATA_ENTRIES",
     "MAX_METADATA_KEY_CHARS",
@@ -108,6 +109,9 @@ MAX_LOG_LINE_BYTES: Final = 64 * 1024
 """Longer log lines are split into pieces of this size."""
 
 STATUS_TRAILER: Final = "clara-status-code"
+
+DEFAULT_MAX_UPLOAD_BYTES: Final = 16 * 1024**3
+"""The largest file ``Payloads.Upload`` accepts by default (``MockPlatform(max_upload_bytes=)``)."""
 
 _UUID = re.compile(
     r"[0-9a-fA-F]{32}|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
@@ -435,7 +439,10 @@ class PipelinesService(pipelines_pb2_grpc.PipelinesServicer):
                 gathered.add(
                     request.definition, request.pipeline_id, ErrorCode.INVALID_PIPELINE_REQUEST
                 )
-                gathered.metadata.update(request.metadata)
+                # Checked per message, so a stream of distinct keys cannot grow without bound.
+                gathered.metadata = merge_metadata(
+                    gathered.metadata, request.metadata, ErrorCode.INVALID_PIPELINE_METADATA
+                )
             path, text = gathered.single_file(ErrorCode.INVALID_PIPELINE_REQUEST)
             pipeline_id = (
                 _parse_pipeline_id(common_pb2.Identifier(value=gathered.pipeline_id))
@@ -909,10 +916,18 @@ def _file_details(name: str, size: int, mode: int) -> payloads_pb2.PayloadFileDe
 
 
 class PayloadsService(payloads_pb2_grpc.PayloadsServicer):
-    """``nvidia.clara.platform.Payloads`` over :attr:`PlatformState.payloads`."""
+    """``nvidia.clara.platform.Payloads`` over :attr:`PlatformState.payloads`.
 
-    def __init__(self, state: PlatformState) -> None:
+    Args:
+        state: The platform's state.
+        max_upload_bytes: The largest file an upload may write.
+    """
+
+    def __init__(
+        self, state: PlatformState, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
+    ) -> None:
         self._state = state
+        self._max_upload_bytes = max_upload_bytes
 
     def _payload(self, identifier: common_pb2.Identifier) -> PayloadRecord:
         return self._state.payloads.get(_parse_payload_id(identifier))
@@ -991,6 +1006,12 @@ class PayloadsService(payloads_pb2_grpc.PayloadsServicer):
                             ErrorCode.INVALID_UPLOAD,
                             "the chunks of one upload name different files",
                         )
+                if upload.size + len(request.data) > self._max_upload_bytes:
+                    raise ApiError(
+                        ErrorCode.INVALID_UPLOAD,
+                        f"data: file {_show(upload.name)} is larger than the upload limit of "
+                        f"{self._max_upload_bytes} bytes",
+                    )
                 upload.write(request.data)
             if upload is None or payload_id is None:
                 raise ApiError(
@@ -1136,8 +1157,15 @@ def _unimplemented_service(service: ServiceDescriptor) -> grpc.GenericRpcHandler
     return grpc.method_handlers_generic_handler(service.full_name, handlers)
 
 
-def add_platform_api_to_server(server: grpc.aio.Server, state: PlatformState) -> list[str]:
+def add_platform_api_to_server(
+    server: grpc.aio.Server,
+    state: PlatformState,
+    *,
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+) -> list[str]:
     """Serve the Clara, Pipelines, Jobs, Payloads and (unimplemented) Models services.
+
+    ``max_upload_bytes`` bounds the size of one uploaded file.
 
     Returns:
         The services' full names, for reflection and health checking.
@@ -1145,7 +1173,9 @@ def add_platform_api_to_server(server: grpc.aio.Server, state: PlatformState) ->
     clara_pb2_grpc.add_ClaraServicer_to_server(ClaraService(), server)
     pipelines_pb2_grpc.add_PipelinesServicer_to_server(PipelinesService(state), server)
     jobs_pb2_grpc.add_JobsServicer_to_server(JobsService(state), server)
-    payloads_pb2_grpc.add_PayloadsServicer_to_server(PayloadsService(state), server)
+    payloads_pb2_grpc.add_PayloadsServicer_to_server(
+        PayloadsService(state, max_upload_bytes), server
+    )
     models = models_pb2.DESCRIPTOR.services_by_name["Models"]
     server.add_generic_rpc_handlers((_unimplemented_service(models),))
     return [

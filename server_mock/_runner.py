@@ -30,6 +30,7 @@ import logging
 import os
 import shlex
 import sys
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +55,11 @@ _DRIVER_VARIABLES = (
     "NVIDIA_CLARA_INPUT",
     "NVIDIA_CLARA_OUTPUT",
     "NVIDIA_CLARA_LOGS",
+    "NVIDIA_CLARA_STAGE_TOKEN",
+    "NVIDIA_CLARA_TLS_CA",
+    "NVIDIA_CLARA_TLS_CERT",
+    "NVIDIA_CLARA_TLS_KEY",
+    "NVIDIA_CLARA_TLS_SERVER_NAME",
 )
 
 
@@ -115,7 +121,9 @@ class LocalProcessLauncher:
         operator_map: ``image[:tag]`` to argv, overriding containers' commands.
         timeouts: Grace periods (see :class:`RunnerTimeouts`).
         extra_env: Added to every operator's environment (after the mock's own variables
-            and before the operator's ``variables``).
+            and before the operator's ``variables``), e.g. the ``NVIDIA_CLARA_TLS_*`` files.
+        stage_token: Returns the secret token of (job id, stage name), handed to the
+            operator as ``NVIDIA_CLARA_STAGE_TOKEN`` (e.g. ``platform.stage_tokens.issue``).
     """
 
     def __init__(
@@ -126,7 +134,9 @@ class LocalProcessLauncher:
         operator_map: Mapping[str, list[str]] | None = None,
         timeouts: RunnerTimeouts | None = None,
         extra_env: Mapping[str, str] | None = None,
+        stage_token: Callable[[uuid.UUID, str], str] | None = None,
     ) -> None:
+        self._stage_token = stage_token
         self._platform_address = platform_address
         self._command_dir = command_dir
         self._operator_map = dict(operator_map or {})
@@ -177,6 +187,9 @@ class LocalProcessLauncher:
             env["NVIDIA_CLARA_OUTPUT"] = stage.outputs[0].path
         env.update(self._extra_env)
         env.update(stage.variables)
+        # Last, so no variable of the pipeline can replace the platform-issued credential.
+        if self._stage_token is not None:
+            env["NVIDIA_CLARA_STAGE_TOKEN"] = self._stage_token(job.job_id, operator.name)
         return env
 
     async def start(self, job: Job, definition: PipelineDefinition, layout: JobLayout) -> None:

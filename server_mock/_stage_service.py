@@ -12,9 +12,11 @@ from google.protobuf import duration_pb2
 
 from clara._proto.nvidia.clara.platform.stage.v1 import stage_service_pb2 as pb
 from clara._proto.nvidia.clara.platform.stage.v1 import stage_service_pb2_grpc as pb_grpc
+from server_mock._auth import AuthResult, StageTokens, token_from_metadata
 from server_mock._jobs import (
     CancelReason,
     Job,
+    JobState,
     JobStore,
     Stage,
     StageState,
@@ -59,10 +61,48 @@ def _signal_of(stage: Stage) -> pb.StageSignal.ValueType:
 
 
 class StageService(pb_grpc.StageServiceServicer):
-    """Serves the stage API from a :class:`JobStore` (on the server's event loop)."""
+    """Serves the stage API from a :class:`JobStore` (on the server's event loop).
 
-    def __init__(self, jobs: JobStore) -> None:
+    Args:
+        jobs: The platform's jobs.
+        tokens: When given, every call must carry the token of the stage it names (see
+            :mod:`server_mock._auth`); ``None`` accepts calls without tokens.
+    """
+
+    def __init__(self, jobs: JobStore, tokens: StageTokens | None = None) -> None:
         self._jobs = jobs
+        self._tokens = tokens
+
+    async def _authorize(
+        self,
+        job_id: uuid.UUID,
+        stage_name: str,
+        context: grpc.aio.ServicerContext[object, object],
+    ) -> None:
+        if self._tokens is None:
+            return
+        presented = token_from_metadata(context.invocation_metadata())
+        verdict = self._tokens.check(presented, job_id, stage_name)
+        if verdict is AuthResult.OK:
+            return
+        _log.warning(
+            "stage API call for job %s stage %s refused: %s token",
+            job_id,
+            stage_name,
+            verdict.value,
+        )
+        if verdict is AuthResult.WRONG_STAGE:
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"the stage token is not valid for stage {stage_name!r} of job {job_id}",
+            )
+        await context.abort(
+            grpc.StatusCode.UNAUTHENTICATED,
+            "a valid stage token is required: metadata 'authorization: Bearer <token>' "
+            "(NVIDIA_CLARA_STAGE_TOKEN)"
+            if verdict is AuthResult.MISSING
+            else "the stage token is not valid",
+        )
 
     async def _resolve(
         self, ref: pb.StageRef, context: grpc.aio.ServicerContext[object, object]
@@ -79,6 +119,7 @@ class StageService(pb_grpc.StageServiceServicer):
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"stage.stage_name: {ref.stage_name[:64]!r} is not 1-255 of [A-Za-z0-9_-]",
             )
+        await self._authorize(job_id, ref.stage_name, context)
         try:
             job = self._jobs.get(job_id)
             return job, job.stage(ref.stage_name)
@@ -154,6 +195,16 @@ class StageService(pb_grpc.StageServiceServicer):
             )
             raise AssertionError("unreachable: abort raises")
         job, stage = await self._resolve(request.stage, context)
+        if job.state is JobState.CREATED:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"stage: job {job.job_id} has not started; its stages cannot report yet",
+            )
+        if outcome == "succeeded" and stage.state is StageState.WAITING:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"outcome: stage {stage.spec.name!r} cannot succeed before its inputs are ready",
+            )
         state, applied = job.complete_stage(
             stage.spec.name, request.report_id, outcome, request.message[:MAX_MESSAGE_CHARS]
         )

@@ -32,6 +32,7 @@ def test_clara_public_names() -> None:
             "StageContext",
             "StageOutcome",
             "StageResult",
+            "TlsConfig",
             "UnauthenticatedError",
             "WaitTimeoutError",
         ]

@@ -1,0 +1,424 @@
+"""The mock platform's state in a SQLite file: ``clara-mock serve --state PATH``.
+
+With a state file the platform survives a restart; without one (the default) it keeps its
+state in memory only.
+
+What is saved: pipelines (definition text, metadata as of create/update), payload records
+(their files already live in the workspace), jobs with their job records, and every stage's
+state, message, report id and ``reports_applied``. Not saved: drivers' progress events, and
+metadata edits made after creation (``AddMetadata``/``RemoveMetadata``).
+
+Writes happen on the platform's event-loop thread, synchronously, from the stores' hooks
+(:attr:`Job.on_change <server_mock._jobs.Job.on_change>`, ``PipelineStore.on_saved`` ...),
+so each state change is one committed transaction before the RPC that caused it is
+answered; :meth:`StateStore.transaction` groups the writes of one request (a job, its
+payload and its record). The database runs in WAL mode with ``synchronous=FULL``: a crash at
+any point loses nothing that was acknowledged, and never leaves half a change.
+
+Schema (version 1)::
+
+    meta(key PRIMARY KEY, value)
+    pipelines(pipeline_id PRIMARY KEY, path, text, metadata, created_at, updated_at)
+    payloads(payload_id PRIMARY KEY, type, metadata, job_id, created_at)
+    jobs(job_id PRIMARY KEY, name, pipeline_id, state, message,
+         created_at, started_at, ended_at, record)
+    stages(job_id, name, position, spec, state, message, report_id, reports_applied,
+           cancel_reason, ready_at, ended_at, PRIMARY KEY (job_id, name))
+    stage_tokens(job_id, stage, token, PRIMARY KEY (job_id, stage))
+
+Ids are hex UUIDs; ``metadata``, ``record`` and ``spec`` are JSON. The stage tokens are kept
+so that operators launched before a restart can still call the stage API afterwards; the
+file is therefore created readable by its owner only (0600).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import sqlite3
+import uuid
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from server_mock._core import JobRecord, PlatformState
+from server_mock._jobs import (
+    CancelReason,
+    InputRef,
+    Job,
+    JobState,
+    OutputRef,
+    StageSpec,
+    StageState,
+)
+from server_mock._payloads import PayloadRecord, PayloadType
+from server_mock._pipeline_definition import parse_pipeline_definition
+from server_mock._pipelines import PipelineRecord
+from server_mock._workspace import JobLayout
+
+__all__ = ["SCHEMA_VERSION", "StateStore", "StateStoreError", "default_workspace"]
+
+_log = logging.getLogger("server_mock.persistence")
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS pipelines (
+    pipeline_id TEXT PRIMARY KEY,
+    path TEXT NOT NULL,
+    text TEXT NOT NULL,
+    metadata TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS payloads (
+    payload_id TEXT PRIMARY KEY,
+    type TEXT NOT NULL,
+    metadata TEXT NOT NULL,
+    job_id TEXT,
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS jobs (
+    job_id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    pipeline_id TEXT NOT NULL,
+    state TEXT NOT NULL,
+    message TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    started_at REAL,
+    ended_at REAL,
+    record TEXT
+);
+CREATE TABLE IF NOT EXISTS stages (
+    job_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    spec TEXT NOT NULL,
+    state TEXT NOT NULL,
+    message TEXT NOT NULL,
+    report_id TEXT NOT NULL,
+    reports_applied INTEGER NOT NULL,
+    cancel_reason TEXT,
+    ready_at REAL,
+    ended_at REAL,
+    PRIMARY KEY (job_id, name)
+);
+CREATE TABLE IF NOT EXISTS stage_tokens (
+    job_id TEXT NOT NULL,
+    stage TEXT NOT NULL,
+    token TEXT NOT NULL,
+    PRIMARY KEY (job_id, stage)
+);
+"""
+
+
+class StateStoreError(RuntimeError):
+    """The state file cannot be used (unreadable, not a state file, another schema version)."""
+
+
+class StateStore:
+    """The platform's state in one SQLite file; use it from one thread (the loop thread).
+
+    Args:
+        path: The database file; created (with its folder) when missing.
+
+    Raises:
+        StateStoreError: The file has another schema version, or is not a SQLite database.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))  # owner-only from the start
+            # Autocommit mode: transactions are explicit (BEGIN IMMEDIATE ... COMMIT).
+            self._db = sqlite3.connect(path, isolation_level=None)
+        except (OSError, sqlite3.Error) as error:
+            raise StateStoreError(f"state file {path}: {error}") from error
+        self._depth = 0
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(_SCHEMA)  # idempotent; executescript commits by itself
+            with self.transaction():
+                row = self._db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+                if row is None:
+                    self._db.execute(
+                        "INSERT INTO meta (key, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),)
+                    )
+                elif row[0] != str(SCHEMA_VERSION):
+                    raise StateStoreError(
+                        f"state file {path} has schema version {row[0]}; this mock reads "
+                        f"version {SCHEMA_VERSION}"
+                    )
+        except sqlite3.DatabaseError as error:
+            self._db.close()
+            raise StateStoreError(f"state file {path}: {error}") from error
+        except BaseException:
+            self._db.close()
+            raise
+
+    def close(self) -> None:
+        """Close the database (everything is committed already)."""
+        self._db.close()
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Group writes into one transaction; nested uses join the outermost one.
+
+        The outermost block commits on success and rolls back when it raises.
+        """
+        if self._depth == 0:
+            self._db.execute("BEGIN IMMEDIATE")
+        self._depth += 1
+        try:
+            yield
+        except BaseException:
+            self._depth -= 1
+            if self._depth == 0:
+                self._db.execute("ROLLBACK")
+            raise
+        self._depth -= 1
+        if self._depth == 0:
+            self._db.execute("COMMIT")
+
+    # -- writes -----------------------------------------------------------------------------
+
+    def save_pipeline(self, record: PipelineRecord) -> None:
+        """Insert or replace a pipeline."""
+        with self.transaction():
+            self._db.execute(
+                "INSERT OR REPLACE INTO pipelines VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    record.pipeline_id.hex,
+                    record.path,
+                    record.text,
+                    json.dumps(record.metadata),
+                    record.created_at,
+                    record.updated_at,
+                ),
+            )
+
+    def delete_pipeline(self, pipeline_id: uuid.UUID) -> None:
+        """Forget a pipeline."""
+        with self.transaction():
+            self._db.execute("DELETE FROM pipelines WHERE pipeline_id = ?", (pipeline_id.hex,))
+
+    def save_payload(self, record: PayloadRecord) -> None:
+        """Insert or replace a payload record."""
+        with self.transaction():
+            self._db.execute(
+                "INSERT OR REPLACE INTO payloads VALUES (?, ?, ?, ?, ?)",
+                (
+                    record.payload_id.hex,
+                    record.type.value,
+                    json.dumps(record.metadata),
+                    record.job_id.hex if record.job_id else None,
+                    record.created_at,
+                ),
+            )
+
+    def delete_payload(self, payload_id: uuid.UUID) -> None:
+        """Forget a payload record."""
+        with self.transaction():
+            self._db.execute("DELETE FROM payloads WHERE payload_id = ?", (payload_id.hex,))
+
+    def save_job(self, job: Job, record: JobRecord | None) -> None:
+        """Insert or replace a job, its record and all its stages, in one transaction."""
+        with self.transaction():
+            self._db.execute(
+                "INSERT OR REPLACE INTO jobs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    job.job_id.hex,
+                    job.name,
+                    job.pipeline_id,
+                    job.state.value,
+                    job.message,
+                    job.created_at,
+                    job.started_at,
+                    job.ended_at,
+                    None if record is None else json.dumps(_record_to_json(record)),
+                ),
+            )
+            self._db.executemany(
+                "INSERT OR REPLACE INTO stages VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        job.job_id.hex,
+                        name,
+                        position,
+                        json.dumps(_spec_to_json(stage.spec)),
+                        stage.state.value,
+                        stage.message,
+                        stage.report_id,
+                        stage.reports_applied,
+                        None if stage.cancel_reason is None else stage.cancel_reason.value,
+                        stage.ready_at,
+                        stage.ended_at,
+                    )
+                    for position, (name, stage) in enumerate(job.stages.items())
+                ],
+            )
+
+    def save_stage_token(self, job_id: uuid.UUID, stage: str, token: str) -> None:
+        """Keep a stage's token (it stays valid after a restart)."""
+        with self.transaction():
+            self._db.execute(
+                "INSERT OR REPLACE INTO stage_tokens VALUES (?, ?, ?)", (job_id.hex, stage, token)
+            )
+
+    def stage_tokens(self) -> list[tuple[uuid.UUID, str, str]]:
+        """Every saved stage token, as (job id, stage, token)."""
+        rows = self._db.execute("SELECT job_id, stage, token FROM stage_tokens").fetchall()
+        return [(uuid.UUID(job_id), stage, token) for job_id, stage, token in rows]
+
+    # -- load and attach --------------------------------------------------------------------
+
+    def load_into(self, state: PlatformState) -> None:
+        """Fill ``state``'s (empty) stores from the file; call before :meth:`attach`."""
+        for row in self._db.execute("SELECT * FROM pipelines ORDER BY created_at"):
+            pipeline_id, path, text, metadata, created_at, updated_at = row
+            state.pipelines.restore(
+                PipelineRecord(
+                    pipeline_id=uuid.UUID(pipeline_id),
+                    path=path,
+                    text=text,
+                    definition=parse_pipeline_definition(text),
+                    metadata=json.loads(metadata),
+                    created_at=created_at,
+                    updated_at=updated_at,
+                )
+            )
+        for row in self._db.execute("SELECT * FROM payloads ORDER BY created_at"):
+            payload_id, payload_type, metadata, job_id, created_at = row
+            state.payloads.restore(
+                PayloadRecord(
+                    payload_id=uuid.UUID(payload_id),
+                    type=PayloadType(payload_type),
+                    root=state.payloads.root / payload_id,
+                    metadata=json.loads(metadata),
+                    job_id=None if job_id is None else uuid.UUID(job_id),
+                    created_at=created_at,
+                )
+            )
+        stages: dict[str, list[tuple[Any, ...]]] = {}
+        for row in self._db.execute("SELECT * FROM stages ORDER BY job_id, position"):
+            stages.setdefault(row[0], []).append(row)
+        for row in self._db.execute("SELECT * FROM jobs ORDER BY created_at"):
+            job = _job_from_rows(row, stages.get(row[0], []))
+            state.jobs.add(job)
+            if row[8] is not None:
+                state.job_records[job.job_id] = _record_from_json(job.job_id, json.loads(row[8]))
+        _log.info(
+            "state %s: loaded %d pipeline(s), %d payload(s), %d job(s)",
+            self.path,
+            len(state.pipelines.all()),
+            len(state.payloads.all()),
+            len(state.jobs.all()),
+        )
+
+    def attach(self, state: PlatformState) -> None:
+        """Save every later change of ``state`` (sets the stores' hooks)."""
+
+        def save_job(job: Job) -> None:
+            self.save_job(job, state.job_records.get(job.job_id))
+
+        state.pipelines.on_saved = self.save_pipeline
+        state.pipelines.on_removed = self.delete_pipeline
+        state.payloads.on_saved = self.save_payload
+        state.payloads.on_removed = self.delete_payload
+        state.jobs.on_change = save_job
+        for job in state.jobs.all():
+            job.on_change = save_job
+        state.transaction = self.transaction
+
+    @staticmethod
+    def detach(state: PlatformState) -> None:
+        """Stop saving ``state``'s changes (before :meth:`close`)."""
+        state.pipelines.on_saved = state.pipelines.on_removed = None
+        state.payloads.on_saved = state.payloads.on_removed = None
+        state.jobs.on_change = None
+        for job in state.jobs.all():
+            job.on_change = None
+        state.transaction = contextlib.nullcontext
+
+
+# -- conversions ------------------------------------------------------------------------------
+
+
+def _spec_to_json(spec: StageSpec) -> dict[str, Any]:
+    return {
+        "inputs": [[i.path, i.from_stage, i.from_output, i.name] for i in spec.inputs],
+        "outputs": [[o.path, o.name] for o in spec.outputs],
+        "timeout": spec.timeout.total_seconds(),
+        "variables": dict(spec.variables),
+    }
+
+
+def _spec_from_json(name: str, data: dict[str, Any]) -> StageSpec:
+    return StageSpec(
+        name=name,
+        inputs=tuple(InputRef(*entry) for entry in data["inputs"]),
+        outputs=tuple(OutputRef(*entry) for entry in data["outputs"]),
+        timeout=timedelta(seconds=data["timeout"]),
+        variables=MappingProxyType(dict(data["variables"])),
+    )
+
+
+def _job_from_rows(row: tuple[Any, ...], stage_rows: list[tuple[Any, ...]]) -> Job:
+    job_id, name, pipeline_id, state, message, created_at, started_at, ended_at, _ = row
+    specs = [_spec_from_json(s[1], json.loads(s[3])) for s in stage_rows]
+    job = Job(uuid.UUID(job_id), name, pipeline_id, specs)
+    job.state = JobState(state)
+    job.message = message
+    job.created_at = created_at
+    job.started_at = started_at
+    job.ended_at = ended_at
+    for s in stage_rows:
+        stage = job.stages[s[1]]
+        stage.state = StageState(s[4])
+        stage.message = s[5]
+        stage.report_id = s[6]
+        stage.reports_applied = s[7]
+        stage.cancel_reason = None if s[8] is None else CancelReason(s[8])
+        stage.ready_at = s[9]
+        stage.ended_at = s[10]
+    return job
+
+
+def _record_to_json(record: JobRecord) -> dict[str, Any]:
+    return {
+        "pipeline_id": record.pipeline_id.hex,
+        "payload_id": record.payload_id.hex,
+        "definition": record.definition_text,
+        "layout": str(record.layout.root),
+        "priority": record.priority,
+        "input_payload_ids": [p.hex for p in record.input_payload_ids],
+        "metadata": record.metadata,
+        "variables": record.variables,
+    }
+
+
+def _record_from_json(job_id: uuid.UUID, data: dict[str, Any]) -> JobRecord:
+    return JobRecord(
+        job_id=job_id,
+        pipeline_id=uuid.UUID(data["pipeline_id"]),
+        payload_id=uuid.UUID(data["payload_id"]),
+        definition=parse_pipeline_definition(data["definition"]),
+        layout=JobLayout(Path(data["layout"])),
+        priority=data["priority"],
+        input_payload_ids=tuple(uuid.UUID(p) for p in data["input_payload_ids"]),
+        metadata=dict(data["metadata"]),
+        variables=dict(data["variables"]),
+        definition_text=data["definition"],
+    )
+
+
+def default_workspace(state_path: Path) -> Path:
+    """Where payload files live next to a state file: ``<state_path>.workspace``."""
+    return state_path.with_name(state_path.name + ".workspace")

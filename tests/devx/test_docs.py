@@ -1,0 +1,107 @@
+"""The docs stay true: generated files are fresh, and the getting-started example runs."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import clara
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCS = ROOT / "docs"
+
+
+def test_generated_api_and_environment_docs_are_fresh() -> None:
+    cmd = [sys.executable, str(ROOT / "scripts" / "gen_api_docs.py"), "--check"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, (
+        f"docs are stale; run: python scripts/gen_api_docs.py\n{proc.stdout}{proc.stderr}"
+    )
+
+
+def test_api_doc_covers_every_public_name() -> None:
+    text = (DOCS / "api.md").read_text()
+    for name in clara.__all__:
+        assert f"`clara.{name}`" in text, name
+    environment = (DOCS / "environment.md").read_text()
+    for variable in clara.ENVIRONMENT_VARIABLES:
+        assert f"| `{variable}` |" in environment, variable
+
+
+def mermaid(text: str) -> str:
+    match = re.search(r"```mermaid\n(.*?)```", text, re.DOTALL)
+    assert match is not None, "no mermaid block"
+    return match.group(1)
+
+
+def test_lifecycle_diagram_has_every_state_and_the_cleanup_paths() -> None:
+    text = (DOCS / "lifecycle.md").read_text()
+    diagram = mermaid(text)
+    assert diagram.startswith("stateDiagram-v2\n")
+    edges = re.findall(r"^\s*(\[\*\]|\w+) --> (\[\*\]|\w+)", diagram, re.MULTILINE)
+    states = {s for edge in edges for s in edge} - {"[*]"}
+    assert states == {state.name for state in clara.DriverState}
+    # Failure, cancellation and timeout paths all lead to CLEANING_UP.
+    into_cleanup = {a for a, b in edges if b == "CLEANING_UP"}
+    assert into_cleanup == {"CONNECTING", "PREPARING", "WAITING_FOR_INPUTS", "EXECUTING"}
+    for kind in clara.NotificationKind:
+        assert f"`{kind.value}`" in text, kind
+
+
+def extract_files(markdown: str) -> dict[str, str]:
+    """The code blocks preceded by ``<!-- file: NAME -->``."""
+    pattern = re.compile(r"<!-- file: (\S+) -->\n```\w*\n(.*?)```", re.DOTALL)
+    return {name: body for name, body in pattern.findall(markdown)}
+
+
+def test_the_getting_started_operator_runs_standalone_and_its_tests_pass(tmp_path: Path) -> None:
+    files = extract_files((DOCS / "getting-started.md").read_text())
+    assert set(files) == {"count_files.py", "pipeline.yaml", "test_count_files.py"}
+    for name, body in files.items():
+        (tmp_path / name).write_text(body)
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a").write_text("a")
+    (tmp_path / "in" / "b").write_text("b")
+    (tmp_path / "out").mkdir()
+    env = {
+        **os.environ,
+        "NVIDIA_CLARA_NOSYNCLOCK": "1",
+        "NVIDIA_CLARA_INPUT": "in",
+        "NVIDIA_CLARA_OUTPUT": "out",
+    }
+
+    standalone = subprocess.run(
+        [sys.executable, "count_files.py"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert standalone.returncode == 0, standalone.stdout + standalone.stderr
+    assert (tmp_path / "out" / "count.txt").read_text() == "2\n"
+
+    clean_env = {k: v for k, v in os.environ.items() if not k.startswith("NVIDIA_CLARA_")}
+    tests = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_count_files.py"],
+        cwd=tmp_path,
+        env=clean_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert tests.returncode == 0, tests.stdout + tests.stderr
+    assert "3 passed" in tests.stdout
+
+
+def test_readme_links_the_docs_and_the_plugin_example() -> None:
+    readme = (ROOT / "README.md").read_text()
+    for page in ("getting-started", "api", "lifecycle", "contract", "environment"):
+        assert f"docs/{page}.md" in readme, page
+        assert (DOCS / f"{page}.md").is_file(), page
+    assert "clara_stage_runner" in readme and "clara_pipeline_runner" in readme
