@@ -231,6 +231,23 @@ class PlatformState:
         finally:
             record.starting = False
 
+    def set_job_metadata(self, job: Job, metadata: dict[str, str]) -> None:
+        """Replace the metadata of a job made through the Jobs API, saved before the ack.
+
+        Raises:
+            ApiError: The job was made from stages, not through the Jobs API: it has no
+                record to hold metadata.
+        """
+        record = self.job_records.get(job.job_id)
+        if record is None:
+            raise ApiError(
+                ErrorCode.INVALID_JOB_REQUEST,
+                f"job {job.job_id.hex} was not created through the Jobs API: it has no metadata",
+            )
+        record.metadata = metadata
+        if job.on_change is not None:
+            job.on_change(job)
+
     def payload_job(self, payload: PayloadRecord) -> Job | None:
         """The job owning a pipeline payload, if it is known."""
         if payload.job_id is None:

@@ -286,6 +286,12 @@ class PayloadStore:
                 raise
         return record
 
+    def set_metadata(self, record: PayloadRecord, metadata: dict[str, str]) -> None:
+        """Replace a payload's metadata and save it before the caller acknowledges."""
+        record.metadata = metadata
+        if self.on_saved is not None:
+            self.on_saved(record)
+
     def get(self, payload_id: uuid.UUID) -> PayloadRecord:
         """Return the payload with this id.
 

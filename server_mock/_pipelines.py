@@ -128,6 +128,12 @@ class PipelineStore:
         """Every pipeline, oldest first."""
         return list(self._pipelines.values())
 
+    def set_metadata(self, record: PipelineRecord, metadata: dict[str, str]) -> None:
+        """Replace a pipeline's metadata and save it before the caller acknowledges."""
+        record.metadata = metadata
+        if self.on_saved is not None:
+            self.on_saved(record)
+
     def update(self, pipeline_id: uuid.UUID, text: str, path: str = "") -> PipelineRecord:
         """Replace a pipeline's definition (jobs already created keep theirs).
 

@@ -547,8 +547,11 @@ class PipelinesService(pipelines_pb2_grpc.PipelinesServicer):
         """Merge key/value pairs into the pipeline's metadata."""
         try:
             record = self._state.pipelines.get(_parse_pipeline_id(request.pipeline_id))
-            record.metadata = merge_metadata(
-                record.metadata, request.metadata, ErrorCode.INVALID_PIPELINE_METADATA
+            self._state.pipelines.set_metadata(
+                record,
+                merge_metadata(
+                    record.metadata, request.metadata, ErrorCode.INVALID_PIPELINE_METADATA
+                ),
             )
         except ApiError as error:
             return pipelines_pb2.PipelinesAddMetadataResponse(
@@ -564,8 +567,9 @@ class PipelinesService(pipelines_pb2_grpc.PipelinesServicer):
         """Delete keys from the pipeline's metadata (absent keys are ignored)."""
         try:
             record = self._state.pipelines.get(_parse_pipeline_id(request.pipeline_id))
-            record.metadata = _without_keys(
-                record.metadata, request.keys, ErrorCode.INVALID_PIPELINE_METADATA
+            self._state.pipelines.set_metadata(
+                record,
+                _without_keys(record.metadata, request.keys, ErrorCode.INVALID_PIPELINE_METADATA),
             )
         except ApiError as error:
             return pipelines_pb2.PipelinesRemoveMetadataResponse(
@@ -863,21 +867,15 @@ class JobsService(jobs_pb2_grpc.JobsServicer):
         """Merge key/value pairs into the job's metadata."""
         try:
             job, record = self._job(request.job_id)
-            if record is None:
-                raise ApiError(
-                    ErrorCode.INVALID_JOB_REQUEST,
-                    f"job {job.job_id.hex} was not created through the Jobs API: "
-                    "it has no metadata",
-                )
-            record.metadata = merge_metadata(
-                record.metadata, request.metadata, ErrorCode.INVALID_JOB_METADATA
-            )
+            current = record.metadata if record is not None else {}
+            merged = merge_metadata(current, request.metadata, ErrorCode.INVALID_JOB_METADATA)
+            self._state.set_job_metadata(job, merged)
         except ApiError as error:
             return jobs_pb2.JobsAddMetadataResponse(
                 header=_fail(context, "Jobs.AddMetadata", error)
             )
         return jobs_pb2.JobsAddMetadataResponse(
-            header=_ok(), job_id=_identifier(job.job_id), metadata=record.metadata
+            header=_ok(), job_id=_identifier(job.job_id), metadata=merged
         )
 
     async def RemoveMetadata(
@@ -886,21 +884,15 @@ class JobsService(jobs_pb2_grpc.JobsServicer):
         """Delete keys from the job's metadata (absent keys are ignored)."""
         try:
             job, record = self._job(request.job_id)
-            if record is None:
-                raise ApiError(
-                    ErrorCode.INVALID_JOB_REQUEST,
-                    f"job {job.job_id.hex} was not created through the Jobs API: "
-                    "it has no metadata",
-                )
-            record.metadata = _without_keys(
-                record.metadata, request.keys, ErrorCode.INVALID_JOB_METADATA
-            )
+            current = record.metadata if record is not None else {}
+            kept = _without_keys(current, request.keys, ErrorCode.INVALID_JOB_METADATA)
+            self._state.set_job_metadata(job, kept)
         except ApiError as error:
             return jobs_pb2.JobsRemoveMetadataResponse(
                 header=_fail(context, "Jobs.RemoveMetadata", error)
             )
         return jobs_pb2.JobsRemoveMetadataResponse(
-            header=_ok(), job_id=_identifier(job.job_id), metadata=record.metadata
+            header=_ok(), job_id=_identifier(job.job_id), metadata=kept
         )
 
 
@@ -1102,8 +1094,11 @@ class PayloadsService(payloads_pb2_grpc.PayloadsServicer):
         """Merge key/value pairs into the payload's metadata."""
         try:
             record = self._payload(request.payload_id)
-            record.metadata = merge_metadata(
-                record.metadata, request.metadata, ErrorCode.INVALID_PAYLOAD_METADATA
+            self._state.payloads.set_metadata(
+                record,
+                merge_metadata(
+                    record.metadata, request.metadata, ErrorCode.INVALID_PAYLOAD_METADATA
+                ),
             )
         except ApiError as error:
             return payloads_pb2.PayloadsAddMetadataResponse(
@@ -1119,8 +1114,9 @@ class PayloadsService(payloads_pb2_grpc.PayloadsServicer):
         """Delete keys from the payload's metadata (absent keys are ignored)."""
         try:
             record = self._payload(request.payload_id)
-            record.metadata = _without_keys(
-                record.metadata, request.keys, ErrorCode.INVALID_PAYLOAD_METADATA
+            self._state.payloads.set_metadata(
+                record,
+                _without_keys(record.metadata, request.keys, ErrorCode.INVALID_PAYLOAD_METADATA),
             )
         except ApiError as error:
             return payloads_pb2.PayloadsRemoveMetadataResponse(

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from _faults import ROOT, WAIT, ControlServer, ServerProcess, pipeline_yaml
 
-from clara._proto.nvidia.clara.platform import common_pb2, pipelines_pb2
+from clara._proto.nvidia.clara.platform import common_pb2, jobs_pb2, payloads_pb2, pipelines_pb2
 from server_mock import MockPlatform, StageSpec
 from server_mock._client import PlatformApiError, PlatformClient
 from server_mock._persistence import StateStore
@@ -172,3 +172,55 @@ def test_a_failed_request_rolls_back_every_write_it_made(tmp_path: Path) -> None
         assert store._db.execute("SELECT * FROM meta WHERE key = 'probe'").fetchone() is None
     finally:
         store.close()
+
+
+def test_acknowledged_metadata_edits_survive_a_kill(
+    tmp_path: Path, serve: ServerProcess, control: ControlServer
+) -> None:
+    address = serve.start()
+    with PlatformClient(address) as client:
+        pipeline = client.create_pipeline(write_pipeline(tmp_path, control))
+        payload = client.create_payload()
+        job = client.create_job(pipeline, "tagged", [])
+        pipeline_ref = common_pb2.Identifier(value=pipeline.hex)
+        payload_ref = common_pb2.Identifier(value=payload.hex)
+        job_ref = common_pb2.Identifier(value=job.hex)
+        edits = [
+            client._pipelines.AddMetadata(
+                pipelines_pb2.PipelinesAddMetadataRequest(
+                    pipeline_id=pipeline_ref, metadata={"owner": "radiology", "tmp": "x"}
+                ),
+                timeout=WAIT,
+            ),
+            client._pipelines.RemoveMetadata(
+                pipelines_pb2.PipelinesRemoveMetadataRequest(
+                    pipeline_id=pipeline_ref, keys=["tmp"]
+                ),
+                timeout=WAIT,
+            ),
+            client._payloads.AddMetadata(
+                payloads_pb2.PayloadsAddMetadataRequest(
+                    payload_id=payload_ref, metadata={"study": "ct-1"}
+                ),
+                timeout=WAIT,
+            ),
+            client._jobs.AddMetadata(
+                jobs_pb2.JobsAddMetadataRequest(job_id=job_ref, metadata={"ticket": "42"}),
+                timeout=WAIT,
+            ),
+        ]
+        assert all(edit.header.code >= 0 for edit in edits)
+
+    serve.kill()  # acknowledged above: no later write may be needed to keep them
+    assert serve.start() == address
+
+    with PlatformClient(address) as client:
+        (listed,) = client.list_pipelines()
+        assert dict(listed.metadata) == {"owner": "radiology"}
+        details = client._payloads.Details(
+            payloads_pb2.PayloadsDetailsRequest(payload_id=payload_ref), timeout=WAIT
+        )
+        assert dict(next(iter(details)).metadata) == {"study": "ct-1"}
+        (job_details,) = client.list_jobs()
+        assert dict(job_details.metadata) == {"ticket": "42"}
+    assert serve.stop() == 0
