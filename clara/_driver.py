@@ -46,7 +46,6 @@ from clara._result import StageOutcome, StageResult
 from clara._retry import IDEMPOTENT_RETRYABLE, RetryConfig, call_with_retry
 from clara._stage_link import (
     EventKind,
-    GrpcStageLink,
     Signal,
     SignalKind,
     StageLink,
@@ -625,6 +624,9 @@ class Driver(Generic[AppData]):
     def _open_link(self) -> StageLink:
         if self._config.standalone:
             return StandaloneStageLink(self._config)
+        # Imported here, not at module level: `import clara` should not load protobuf.
+        from clara._grpc_link import GrpcStageLink  # noqa: PLC0415
+
         return GrpcStageLink(self._config, self._given_channel)
 
     def _fetch_context(self, link: StageLink) -> StageContext:
@@ -718,9 +720,11 @@ class Driver(Generic[AppData]):
             return _CallResult(_CallEnd.INTERRUPTED, self._signals.cancelled.result().message)
         started = NotificationKind[f"{name.upper()}_STARTED"]
         finished = NotificationKind[f"{name.upper()}_FINISHED"]
+        # Hand the callback to the pool first: telling observers can wait a few microseconds,
+        # the operator's work should not (this is on the inputs-ready latency path).
+        future = executor.submit(callback, *args)
         self._emit(started, name)
         link.report_event(EventKind[f"{name.upper()}_STARTED"], "")
-        future = executor.submit(callback, *args)
         waited: list[futures.Future[Any]] = [future]
         if name != "cleanup":
             waited.append(self._signals.cancelled)

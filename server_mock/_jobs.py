@@ -134,6 +134,20 @@ class Stage:
     ready_at: float | None = None
     ended_at: float | None = None
     events: list[StageEvent] = field(default_factory=list)
+    _changed: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+
+    def changed(self) -> asyncio.Event:
+        """Return the event the next change of this stage's state sets (take it first).
+
+        Only this stage's watchers wake, so a job with many waiting stages costs one wake-up
+        per change, not one per stage.
+        """
+        return self._changed
+
+    def touch(self) -> None:
+        """Wake this stage's watchers: its state or message changed."""
+        self._changed.set()
+        self._changed = asyncio.Event()
 
 
 class UnknownJobError(LookupError):
@@ -175,10 +189,13 @@ class Job:
             if spec.name in self.stages:
                 raise ValueError(f"stage {spec.name!r} is defined twice")
             self.stages[spec.name] = Stage(spec)
+        self._children: dict[str, list[str]] = {name: [] for name in self.stages}
         for stage in self.stages.values():
             unknown = stage.spec.upstream - self.stages.keys()
             if unknown:
                 raise ValueError(f"stage {stage.spec.name!r} reads from unknown {sorted(unknown)}")
+            for upstream in sorted(stage.spec.upstream):
+                self._children[upstream].append(stage.spec.name)
         if not self.stages:
             raise ValueError("a job needs at least one stage")
         self.state = JobState.CREATED
@@ -219,8 +236,8 @@ class Job:
             raise UnknownStageError(f"job {self.job_id} has no stage {name!r}") from None
 
     def downstream(self, name: str) -> list[str]:
-        """Return the stages that read directly from ``name``."""
-        return [s.spec.name for s in self.stages.values() if name in s.spec.upstream]
+        """Return the stages that read directly from ``name``, in definition order."""
+        return list(self._children[name])
 
     # -- transitions --------------------------------------------------------------------
 
@@ -250,7 +267,7 @@ class Job:
         stage.report_id = report_id
         stage.reports_applied += 1
         self._end_stage(stage, _OUTCOME_STATES[outcome], message)
-        self._settle()
+        self._settle(stage)
         self._transitioned()
         return stage.state, True
 
@@ -264,7 +281,7 @@ class Job:
         if stage.state.terminal:
             return False
         self._end_stage(stage, state, message)
-        self._settle()
+        self._settle(stage)
         self._transitioned()
         return True
 
@@ -296,6 +313,7 @@ class Job:
         stage.state = state
         stage.message = message
         stage.ended_at = time.time()
+        stage.touch()
 
     def _update_readiness(self, stage: Stage) -> None:
         if stage.state is not StageState.WAITING or self.state is not JobState.RUNNING:
@@ -303,17 +321,18 @@ class Job:
         if all(self.stages[u].state is StageState.SUCCEEDED for u in stage.spec.upstream):
             stage.state = StageState.READY
             stage.ready_at = time.time()
+            stage.touch()
 
-    def _settle(self) -> None:
-        """Propagate the consequences of a stage ending, then end the job if all stages did."""
-        pending = [s for s in self.stages.values() if s.state.terminal]
-        seen: set[str] = set()
+    def _settle(self, ended_first: Stage) -> None:
+        """Propagate a stage's end down the DAG, then end the job if every stage ended.
+
+        Only the stages below ``ended_first`` are visited: the work per report is bounded by
+        its descendants, not by the size of the job.
+        """
+        pending = [ended_first]
         while pending:
             ended = pending.pop()
-            if ended.spec.name in seen:
-                continue
-            seen.add(ended.spec.name)
-            for name in self.downstream(ended.spec.name):
+            for name in self._children[ended.spec.name]:
                 child = self.stages[name]
                 if ended.state is StageState.SUCCEEDED:
                     self._update_readiness(child)

@@ -257,7 +257,7 @@ class LocalProcessLauncher:
         signals_sent = 0
         try:
             while not exited.done():
-                changed = job.changed()
+                changed = stage.changed()
                 now = loop.time()
                 if stage.state is StageState.READY and timeout_at is None:
                     timeout_at = now + stage.spec.timeout.total_seconds()

@@ -162,10 +162,10 @@ class StageService(pb_grpc.StageServiceServicer):
         context: grpc.aio.ServicerContext[object, object],
     ) -> AsyncIterator[pb.WatchStageResponse]:
         """Send the stage's current signal, then one per change, until it is terminal."""
-        job, stage = await self._resolve(request.stage, context)
+        _, stage = await self._resolve(request.stage, context)
         last: tuple[int, int] | None = None
         while True:
-            changed = job.changed()
+            changed = stage.changed()
             signal, state, terminal = _signal_of(stage), _STATES[stage.state], stage.state.terminal
             if (signal, state) != last:
                 last = (signal, state)

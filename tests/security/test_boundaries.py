@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import grpc
 import pytest
 
+from clara._grpc_link import CHANNEL_OPTIONS
 from clara._proto.nvidia.clara.platform import (
     common_pb2,
     payloads_pb2,
@@ -14,7 +15,6 @@ from clara._proto.nvidia.clara.platform import (
     pipelines_pb2,
     pipelines_pb2_grpc,
 )
-from clara._stage_link import CHANNEL_OPTIONS
 from server_mock import MockPlatform
 from server_mock._errors import ErrorCode
 from server_mock._platform import SERVER_OPTIONS
