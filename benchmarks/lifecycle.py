@@ -1,0 +1,140 @@
+"""Figure 1: life-cycle overhead of a no-op driver vs one raw unary round trip.
+
+Measured: a :class:`clara.Driver` whose prepare, execute and cleanup return True at once,
+from ``start()`` to the return of ``wait_for_completion()``, in-process against a
+MockPlatform on loopback. Each repetition runs a fresh single-stage job created beforehand,
+so job creation is outside the timing. The driver opens its own channel (as an operator
+does); a second row gives it an already-open channel, isolating the connection set-up.
+
+Baseline: one StageService.GetStageContext round trip with a generated stub on an
+already-open channel to the same server. Repetitions interleave the variants.
+
+An informational row gives the protocol floor: the three calls a stage cannot do without
+(GetStageContext, WatchStage up to its INPUTS_READY message, CompleteStage), made with raw
+stubs on the open channel, with no progress events and no threads of a driver.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import clara
+from benchmarks._common import Row, complete_request, open_stub, row, stage_ref
+from clara._proto.nvidia.clara.platform.stage.v1 import stage_service_pb2 as pb
+from server_mock import MockPlatform, StageSpec
+
+TITLE = "Figure 1 - life-cycle overhead (no-op driver, start() to wait_for_completion())"
+FIGURE = "1 life-cycle"
+TARGET_RATIO = 4.0
+
+
+def _noop(driver: clara.Driver[Any], *args: Any) -> bool:
+    return True
+
+
+def _run_driver(platform: MockPlatform, job_id: Any, channel: Any = None) -> float:
+    driver: clara.Driver[Any] = clara.Driver(
+        prepare=_noop,
+        execute=_noop,
+        cleanup=_noop,
+        target=platform.address,
+        job_id=job_id,
+        stage_name="only",
+        channel=channel,
+    )
+    started = time.perf_counter()
+    driver.start()
+    result = driver.wait_for_completion(30)
+    elapsed = time.perf_counter() - started
+    if not (result.succeeded and result.reported):
+        raise RuntimeError(f"the no-op driver did not succeed: {result}")
+    return elapsed
+
+
+def _protocol_floor(stub: Any, job_id: Any) -> float:
+    ref = stage_ref(job_id, "only")
+    started = time.perf_counter()
+    stub.GetStageContext(pb.GetStageContextRequest(stage=ref), timeout=10)
+    stream = stub.WatchStage(pb.WatchStageRequest(stage=ref), timeout=10)
+    try:
+        first = next(stream)
+    finally:
+        stream.cancel()
+    stub.CompleteStage(complete_request(job_id, "only"), timeout=10)
+    elapsed = time.perf_counter() - started
+    if first.signal != pb.STAGE_SIGNAL_INPUTS_READY:
+        raise RuntimeError(f"expected INPUTS_READY, got {first}")
+    return elapsed
+
+
+def run(quick: bool) -> list[Row]:
+    repetitions = 40 if quick else 300
+    warmup = 5
+    own: list[float] = []
+    shared: list[float] = []
+    unary: list[float] = []
+    floor: list[float] = []
+    with MockPlatform() as platform:
+        channel, stub = open_stub(platform.address)
+        try:
+            job_ids = [
+                platform.create_job([StageSpec("only")], name=f"noop-{i}")
+                for i in range(3 * (repetitions + warmup))
+            ]
+            request = pb.GetStageContextRequest(stage=stage_ref(job_ids[0], "only"))
+            for rep in range(repetitions + warmup):
+                # Interleave, rotating the order so no variant always runs first.
+                order = [(rep + k) % 4 for k in range(4)]
+                samples: dict[int, float] = {}
+                for which in order:
+                    if which == 0:
+                        samples[0] = _run_driver(platform, job_ids[3 * rep])
+                    elif which == 1:
+                        samples[1] = _run_driver(platform, job_ids[3 * rep + 1], channel)
+                    elif which == 3:
+                        samples[3] = _protocol_floor(stub, job_ids[3 * rep + 2])
+                    else:
+                        started = time.perf_counter()
+                        stub.GetStageContext(request, timeout=10)
+                        samples[2] = time.perf_counter() - started
+                if rep >= warmup:
+                    own.append(samples[0] * 1e3)
+                    shared.append(samples[1] * 1e3)
+                    unary.append(samples[2] * 1e3)
+                    floor.append(samples[3] * 1e3)
+        finally:
+            channel.close()
+    target = f"median <= {TARGET_RATIO:g}x"
+    baseline = "unary RTT (GetStageContext)"
+    return [
+        row(
+            FIGURE,
+            "driver life-cycle, own channel",
+            "ms",
+            own,
+            baseline=baseline,
+            base_samples=unary,
+            target=target,
+            check=lambda r: r.ratio <= TARGET_RATIO,
+        ),
+        row(
+            FIGURE,
+            "driver life-cycle, given open channel",
+            "ms",
+            shared,
+            baseline=baseline,
+            base_samples=unary,
+            target=target,
+            check=lambda r: r.ratio <= TARGET_RATIO,
+        ),
+        row(
+            FIGURE,
+            "protocol floor: raw context+watch+complete",
+            "ms",
+            floor,
+            baseline=baseline,
+            base_samples=unary,
+            note="what any driver must wait for; no target",
+        ),
+    ]
