@@ -8,9 +8,10 @@ header with a negative code) become :class:`PlatformApiError`.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import grpc
 
@@ -25,6 +26,8 @@ from clara._proto.nvidia.clara.platform import (
 )
 
 __all__ = ["JobStatus", "OperatorStatus", "PlatformApiError", "PlatformClient"]
+
+T = TypeVar("T")
 
 CHUNK_BYTES = 64 * 1024
 RPC_TIMEOUT = 60.0
@@ -94,6 +97,15 @@ class PlatformClient:
         except grpc.RpcError as error:
             raise PlatformApiError(f"{method}: {error.code().name}: {error.details()}") from None
 
+    def _stream(
+        self, method: str, call: Callable[..., Iterable[T]], request: object
+    ) -> Iterator[T]:
+        """Iterate a server-streaming call, turning a failed status into PlatformApiError."""
+        try:
+            yield from call(request, timeout=RPC_TIMEOUT)
+        except grpc.RpcError as error:
+            raise PlatformApiError(f"{method}: {error.code().name}: {error.details()}") from None
+
     def create_pipeline(self, definition_path: Path) -> uuid.UUID:
         """Register a pipeline from its definition file."""
         request = pipelines_pb2.PipelinesCreateRequest(
@@ -149,15 +161,10 @@ class PlatformClient:
         """The names of the files in a payload."""
         request = payloads_pb2.PayloadsDetailsRequest(header=_HEADER, payload_id=_id(payload_id))
         names = []
-        try:
-            for response in self._payloads.Details(request, timeout=RPC_TIMEOUT):
-                _check("Payloads.Details", response.header)
-                if response.file.name:
-                    names.append(response.file.name)
-        except grpc.RpcError as error:
-            raise PlatformApiError(
-                f"Payloads.Details: {error.code().name}: {error.details()}"
-            ) from None
+        for response in self._stream("Payloads.Details", self._payloads.Details, request):
+            _check("Payloads.Details", response.header)
+            if response.file.name:
+                names.append(response.file.name)
         return names
 
     def download(self, payload_id: uuid.UUID, name: str, destination: Path) -> None:
@@ -167,17 +174,16 @@ class PlatformClient:
         )
         destination.parent.mkdir(parents=True, exist_ok=True)
         partial = destination.with_name(destination.name + ".part")
+        method = f"Payloads.Download {name}"
         try:
             with partial.open("wb") as out:
-                for response in self._payloads.Download(request, timeout=RPC_TIMEOUT):
-                    _check(f"Payloads.Download {name}", response.header)
+                for response in self._stream(method, self._payloads.Download, request):
+                    _check(method, response.header)
                     out.write(response.data)
             partial.replace(destination)
-        except grpc.RpcError as error:
-            partial.unlink(missing_ok=True)
-            raise PlatformApiError(
-                f"Payloads.Download {name}: {error.code().name}: {error.details()}"
-            ) from None
+        except PlatformApiError:
+            partial.unlink(missing_ok=True)  # a refused or broken download leaves nothing
+            raise
 
     def create_job(self, pipeline_id: uuid.UUID, name: str, inputs: list[uuid.UUID]) -> uuid.UUID:
         """Create a job of a pipeline with the given input payloads."""
@@ -233,28 +239,20 @@ class PlatformClient:
         """Every job the platform knows."""
         request = jobs_pb2.JobsListRequest(header=_HEADER)
         details = []
-        try:
-            for response in self._jobs.List(request, timeout=RPC_TIMEOUT):
-                _check("Jobs.List", response.header)
-                if response.HasField("job_details"):
-                    details.append(response.job_details)
-        except grpc.RpcError as error:
-            raise PlatformApiError(f"Jobs.List: {error.code().name}: {error.details()}") from None
+        for response in self._stream("Jobs.List", self._jobs.List, request):
+            _check("Jobs.List", response.header)
+            if response.HasField("job_details"):
+                details.append(response.job_details)
         return details
 
     def list_pipelines(self) -> list[pipelines_pb2.PipelinesListResponse.PipelineDetails]:
         """Every pipeline the platform knows."""
         request = pipelines_pb2.PipelinesListRequest(header=_HEADER)
         details = []
-        try:
-            for response in self._pipelines.List(request, timeout=RPC_TIMEOUT):
-                _check("Pipelines.List", response.header)
-                if response.HasField("details"):
-                    details.append(response.details)
-        except grpc.RpcError as error:
-            raise PlatformApiError(
-                f"Pipelines.List: {error.code().name}: {error.details()}"
-            ) from None
+        for response in self._stream("Pipelines.List", self._pipelines.List, request):
+            _check("Pipelines.List", response.header)
+            if response.HasField("details"):
+                details.append(response.details)
         return details
 
     def read_logs(self, job_id: uuid.UUID, operator: str) -> list[str]:
@@ -263,12 +261,7 @@ class PlatformClient:
             header=_HEADER, job_id=_id(job_id), operator_name=operator
         )
         lines: list[str] = []
-        try:
-            for response in self._jobs.ReadLogs(request, timeout=RPC_TIMEOUT):
-                _check("Jobs.ReadLogs", response.header)
-                lines.extend(response.logs)
-        except grpc.RpcError as error:
-            raise PlatformApiError(
-                f"Jobs.ReadLogs: {error.code().name}: {error.details()}"
-            ) from None
+        for response in self._stream("Jobs.ReadLogs", self._jobs.ReadLogs, request):
+            _check("Jobs.ReadLogs", response.header)
+            lines.extend(response.logs)
         return lines
