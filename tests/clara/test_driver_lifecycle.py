@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any
@@ -89,16 +89,6 @@ def make_driver(
 @pytest.fixture
 def recorder() -> Recorder:
     return Recorder()
-
-
-@pytest.fixture
-def drivers() -> Iterator[list[clara.Driver[Any]]]:
-    """Drivers a test starts; every one is waited for at teardown so no thread outlives it."""
-    started: list[clara.Driver[Any]] = []
-    yield started
-    for driver in started:
-        if driver.state is not clara.DriverState.CREATED:
-            driver.wait_for_completion(WAIT)
 
 
 def run_all(started: list[clara.Driver[Any]], *new: clara.Driver[Any]) -> list[clara.StageResult]:

@@ -4,27 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from _faults import ControlServer, OperatorProcess, Recorder, ServerProcess, kill_pids
-
-import clara
 
 
 @pytest.fixture
 def recorder() -> Recorder:
     return Recorder()
-
-
-@pytest.fixture
-def drivers() -> Iterator[list[clara.Driver[Any]]]:
-    """Drivers a test starts: each is waited for at teardown, so none outlives its test."""
-    started: list[clara.Driver[Any]] = []
-    yield started
-    for driver in started:
-        if driver.state is not clara.DriverState.CREATED:
-            driver.wait_for_completion(60)
 
 
 @pytest.fixture
