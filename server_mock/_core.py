@@ -104,10 +104,6 @@ class PlatformState:
     def __post_init__(self) -> None:
         self.payloads = PayloadStore(self.workspace / "payloads")
 
-    def job_layout(self, payload_root: Path) -> JobLayout:
-        """The folder layout of a job whose job payload lives at ``payload_root``."""
-        return JobLayout(payload_root)
-
     # -- jobs of the platform API -----------------------------------------------------------
 
     def get_job(self, job_id: uuid.UUID) -> Job:

@@ -320,12 +320,6 @@ class MockPlatform:
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
-    def wait_for_termination(self) -> None:
-        """Block until :meth:`stop` is called from another thread (for ``serve``)."""
-        thread = self._thread
-        if thread is not None:
-            thread.join()
-
     # -- running code on the loop -----------------------------------------------------------
 
     def call(self, fn: Callable[[], T], timeout: float = DEFAULT_CALL_TIMEOUT) -> T:

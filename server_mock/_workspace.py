@@ -15,7 +15,6 @@ matches what the pipeline definition says and stays unique per operator.
 from __future__ import annotations
 
 import uuid
-from datetime import timedelta
 from pathlib import Path, PurePosixPath
 from types import MappingProxyType
 
@@ -23,8 +22,6 @@ from server_mock._jobs import InputRef, Job, OutputRef, StageSpec
 from server_mock._pipeline_definition import OperatorSpec, OutputSpec, PipelineDefinition
 
 __all__ = ["JobLayout", "build_job"]
-
-DEFAULT_STAGE_TIMEOUT = timedelta(seconds=600)
 
 
 class JobLayout:
@@ -97,7 +94,7 @@ def stage_spec_for(
         name=operator.name,
         inputs=tuple(inputs),
         outputs=outputs,
-        timeout=operator.timeout or DEFAULT_STAGE_TIMEOUT,
+        timeout=operator.effective_timeout,
         variables=MappingProxyType(dict(operator.variables)),
     )
 
