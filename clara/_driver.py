@@ -21,7 +21,7 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent import futures
 from dataclasses import dataclass
 from datetime import timedelta
@@ -36,7 +36,9 @@ from clara._exceptions import (
     ClaraError,
     ConfigurationError,
     ContextUnavailableError,
+    DeadlineExceededError,
     DriverStateError,
+    InvalidArgumentError,
     PlatformError,
     WaitTimeoutError,
 )
@@ -66,6 +68,7 @@ CleanupCallback = Callable[["Driver[Any]"], bool]
 NotifyCallback = Callable[["Driver[Any]", Notification], None]
 
 _DEFAULT_WORKERS = 4
+EVENT_LINGER = 0.05  # seconds a progress event may wait for others to share its call
 _ERROR_LEVELS = {
     NotificationKind.ERROR: logging.ERROR,
     NotificationKind.TIMED_OUT: logging.WARNING,
@@ -133,11 +136,22 @@ class _DaemonExecutor(futures.Executor):
                 raise RuntimeError("cannot schedule new calls after shutdown")
             self._queue.put((future, lambda: fn(*args, **kwargs)))
             if not self._idle.acquire(blocking=False) and self._workers < self._max_workers:
-                self._workers += 1
-                threading.Thread(
-                    target=self._work, name=f"{self._name}_{self._workers - 1}", daemon=True
-                ).start()
+                self._start_worker_locked()
         return future
+
+    def prestart(self) -> None:
+        """Start one worker now, if none runs yet, so the first call need not wait for it."""
+        with self._lock:
+            if self._shutdown or self._workers:
+                return
+            self._start_worker_locked()
+            self._idle.release()  # the new worker counts as idle until it takes a call
+
+    def _start_worker_locked(self) -> None:
+        self._workers += 1
+        threading.Thread(
+            target=self._work, name=f"{self._name}_{self._workers - 1}", daemon=True
+        ).start()
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop accepting calls; workers end once the queue is drained.
@@ -177,18 +191,24 @@ class _DaemonExecutor(futures.Executor):
 class _Signals:
     """What the signal stream has said so far, as futures the orchestrator can wait on.
 
-    ``decided`` completes with the first decisive signal (inputs ready, cancelled, upstream
-    failed, completed elsewhere) or with the stream's permanent error; ``cancelled`` completes
-    when the stage must stop. The watcher thread writes them, and so does a local cancellation
-    (SIGTERM) from the main thread: whichever comes first wins, the other changes nothing.
+    ``context`` completes with the stage context from the stream's first message (or the
+    error that ended connecting); ``decided`` completes with the first decisive signal
+    (inputs ready, cancelled, upstream failed, completed elsewhere) or with the stream's
+    permanent error; ``cancelled`` completes when the stage must stop. The watcher thread
+    writes them, and so does a local cancellation (SIGTERM) from the main thread: whichever
+    comes first wins, the other changes nothing.
     """
 
     def __init__(self) -> None:
+        self.context: futures.Future[StageContext] = futures.Future()
         self.decided: futures.Future[Signal] = futures.Future()
         self.cancelled: futures.Future[Signal] = futures.Future()
         self.local: Signal | None = None  # the local cancellation, once there is one
 
     def deliver(self, signal: Signal) -> None:
+        if signal.context is not None:
+            with contextlib.suppress(futures.InvalidStateError):
+                self.context.set_result(signal.context)
         if signal.kind is SignalKind.WAITING:
             return
         _settle(self.decided, signal)
@@ -202,6 +222,10 @@ class _Signals:
         self.local = Signal(SignalKind.JOB_CANCELLED, reason)
         self.deliver(self.local)
         return True
+
+    def fail_connect(self, error: BaseException) -> None:
+        with contextlib.suppress(futures.InvalidStateError):
+            self.context.set_exception(error)
 
     def fail(self, error: BaseException) -> None:
         with contextlib.suppress(futures.InvalidStateError):
@@ -323,6 +347,7 @@ class Driver(Generic[AppData]):
         self._done = threading.Event()
         self._stop = threading.Event()
         self._signals = _Signals()
+        self._watch_until = 0.0  # the watcher's bound (monotonic), final once connected
         self._interrupted = threading.Event()  # set by a local cancellation (SIGTERM)
         self._handle_sigterm = handle_sigterm
         self._sigterm_handler: Callable[[int, FrameType | None], None] | None = None
@@ -478,19 +503,31 @@ class Driver(Generic[AppData]):
             executor = owned_pool
         self._emit(NotificationKind.STARTED, f"stage {self.stage_name} of job {self.job_id}")
         link = self._open_link()
-        watcher: threading.Thread | None = None
+        # The signal stream's first message brings the context: one round trip says who the
+        # stage is and whether it may run. Until the stage timeout is known, the watcher is
+        # bounded by the connect and inputs timeouts (see _watch).
+        self._watch_until = (
+            time.monotonic()
+            + (timeouts.connect + timeouts.inputs + 2 * timeouts.grace).total_seconds()
+        )
+        watcher = threading.Thread(
+            target=self._watch, args=(link,), name="clara-watch", daemon=True
+        )
+        watcher.start()
         result: StageResult
         try:
-            self._context = self._fetch_context(link)
+            self._context = self._await_context()
+            self._watch_until = (
+                time.monotonic()
+                + (
+                    timeouts.inputs + self._context.stage_timeout + 2 * timeouts.grace
+                ).total_seconds()
+            )
             self._emit(
                 NotificationKind.CONTEXT_RECEIVED,
                 f"job {self.job_name!r}, stage timeout {self.stage_timeout}",
             )
             link.report_event(EventKind.CONTEXT_RECEIVED, "")
-            watcher = threading.Thread(
-                target=self._watch, args=(link,), name="clara-watch", daemon=True
-            )
-            watcher.start()
             result = self._prepare_and_execute(executor, link)
         except ClaraError as error:
             if self._context is None and self._signals.local is not None:
@@ -505,6 +542,10 @@ class Driver(Generic[AppData]):
 
         self._set_state(DriverState.CLEANING_UP)
         result = self._run_cleanup(executor, link, result)
+        # Nothing the stream says can change the outcome now: let the watcher end while the
+        # report is in flight.
+        self._stop.set()
+        link.stop_watching()
         if self._config.standalone:
             _log.info(
                 "standalone: outcome %s not reported", result.outcome.value, extra=self._log_fields
@@ -519,19 +560,18 @@ class Driver(Generic[AppData]):
                 extra=self._log_fields,
             )
 
-        self._stop.set()
         link.close()
-        if watcher is not None:
-            watcher.join(timeouts.grace.total_seconds())
+        watcher.join(timeouts.grace.total_seconds())
         if owned_pool is not None:
             owned_pool.shutdown(wait=False, cancel_futures=True)
         self._result = result
         self._set_state(DriverState.COMPLETED)
         self._emit(NotificationKind.COMPLETED, f"{result.outcome.value}: {result.message}")
-        # Deliver queued notifications before waiters wake, but never wait on a stuck one.
-        drained = self._notifier.submit(lambda: None)
+        if self._notify is not None:
+            # Deliver queued notifications before waiters wake, but never wait on a stuck one.
+            drained = self._notifier.submit(lambda: None)
+            futures.wait([drained], timeout=timeouts.grace.total_seconds())
         self._notifier.shutdown(wait=False)
-        futures.wait([drained], timeout=timeouts.grace.total_seconds())
         self._done.set()
 
     def _prepare_and_execute(self, executor: futures.Executor, link: StageLink) -> StageResult:
@@ -545,8 +585,11 @@ class Driver(Generic[AppData]):
 
         self._set_state(DriverState.WAITING_FOR_INPUTS)
         self._emit(NotificationKind.WAITING_FOR_INPUTS, "waiting for upstream stages")
+        if isinstance(executor, _DaemonExecutor):
+            executor.prestart()  # so execute need not wait for a thread once the inputs are ready
+        self._wait_for_first(link, [self._signals.decided], inputs_deadline)
         try:
-            signal = self._signals.decided.result(max(inputs_deadline - time.monotonic(), 0))
+            signal = self._signals.decided.result(timeout=0)
         except futures.TimeoutError:
             message = f"inputs not ready within {timeouts.inputs}"
             self._emit(NotificationKind.ERROR, message)
@@ -629,23 +672,114 @@ class Driver(Generic[AppData]):
 
         return GrpcStageLink(self._config, self._given_channel)
 
-    def _fetch_context(self, link: StageLink) -> StageContext:
+    def _await_context(self) -> StageContext:
+        """Wait for the watcher to connect and return the stage context.
+
+        Raises:
+            PlatformError: Connecting failed (the watcher's error), the platform sent no
+                context within the connect timeout, or the stage was cancelled locally
+                (SIGTERM) first.
+        """
         timeouts = self._config.timeouts
-        rpc_timeout = timeouts.rpc.total_seconds()
+        waited: list[futures.Future[Any]] = [self._signals.context, self._signals.cancelled]
+        futures.wait(
+            waited,
+            timeout=(timeouts.connect + timeouts.grace).total_seconds(),
+            return_when=futures.FIRST_COMPLETED,
+        )
+        if self._signals.context.done():
+            return self._signals.context.result()
+        if self._interrupted.is_set():
+            raise DeadlineExceededError(
+                "WatchStage", grpc.StatusCode.CANCELLED, "connecting was interrupted"
+            )
+        raise DeadlineExceededError(
+            "WatchStage",
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+            f"the platform at {self._config.target} sent no stage context within "
+            f"{timeouts.connect}",
+        )
+
+    def _watch(self, link: StageLink) -> None:
+        """Connect, then feed the signal stream into ``self._signals`` until stopped.
+
+        A stream that breaks is reopened (without the context) while the stage may still
+        change; a stream whose deadline passes while the stage still runs is renewed (the
+        first one's deadline was set before the stage timeout was known).
+        """
+        try:
+            stream = self._connect(link)
+        except ClaraError as error:
+            self._signals.fail_connect(error)  # the life-cycle reports it
+            return
+        config = self._config
+        attempt = 0
+        while True:
+            try:
+                for signal in stream:
+                    attempt = 0
+                    self._receive(signal)
+                _log.debug("signal stream ended", extra=self._log_fields)
+                return
+            except PlatformError as error:
+                if self._stop.is_set():
+                    return
+                left = self._watch_until - time.monotonic()
+                if error.code is grpc.StatusCode.DEADLINE_EXCEEDED and left > 0:
+                    _log.debug("renewing the signal stream", extra=self._log_fields)
+                else:
+                    transient = error.code in (
+                        grpc.StatusCode.UNAVAILABLE,
+                        grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    )
+                    if not transient or left <= 0:
+                        self._emit(NotificationKind.ERROR, f"signal stream failed: {error}", error)
+                        self._signals.fail(error)
+                        return
+                    attempt += 1
+                    delay = config.retry.delay(attempt)
+                    self._emit(
+                        NotificationKind.STREAM_RECONNECTING,
+                        f"attempt {attempt}: {error}; reconnecting in {delay:.2f} s",
+                        error,
+                    )
+                    if self._stop.wait(delay):
+                        return
+            if self._stop.is_set():
+                return
+            stream = link.watch(
+                max(self._watch_until - time.monotonic(), 0.001), with_context=False
+            )
+
+    def _connect(self, link: StageLink) -> Iterator[Signal]:
+        """Open the signal stream until its first message arrives; return the rest of it.
+
+        Retried like an idempotent call until the connect timeout. The first message's
+        context and signal are delivered before this returns.
+        """
+        timeouts = self._config.timeouts
         attempts = 0
 
-        def attempt(left: float) -> StageContext:
+        def attempt(left: float) -> tuple[Signal, Iterator[Signal]]:
             nonlocal attempts
             attempts += 1
-            return link.fetch_context(min(left, rpc_timeout))
+            stream = link.watch(max(self._watch_until - time.monotonic(), 0.001), with_context=True)
+            first = next(stream, None)
+            if first is None:  # stopped, or the platform ended the stream at once
+                raise InvalidArgumentError(
+                    "WatchStage",
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    "the signal stream ended before it sent the stage context",
+                )
+            return first, stream
 
         try:
-            context = call_with_retry(
+            first, stream = call_with_retry(
                 attempt,
                 policy=self._config.retry,
                 deadline=time.monotonic() + timeouts.connect.total_seconds(),
                 stop=self._interrupted,
-                on_retry=self._on_retry("GetStageContext"),
+                on_retry=self._on_retry("WatchStage"),
                 retry_on=IDEMPOTENT_RETRYABLE,
             )
         except IDEMPOTENT_RETRYABLE as error:
@@ -658,49 +792,12 @@ class Driver(Generic[AppData]):
                 f"{timeouts.connect} ({attempts} attempts); last error: {error.details}",
             ) from error
         self._emit(NotificationKind.CONNECTED, self._config.target or "standalone")
-        return context
+        self._receive(first)
+        return stream
 
-    def _watch(self, link: StageLink) -> None:
-        """Feed the signal stream into ``self._signals``; reconnect when it breaks."""
-        config = self._config
-        context = self.context
-        deadline = (
-            time.monotonic()
-            + (
-                config.timeouts.inputs + context.stage_timeout + 2 * config.timeouts.grace
-            ).total_seconds()
-        )
-        attempt = 0
-        while not self._stop.is_set():
-            try:
-                for signal in link.watch(max(deadline - time.monotonic(), 0.001)):
-                    attempt = 0
-                    _log.debug(
-                        "signal %s: %s", signal.kind.value, signal.message, extra=self._log_fields
-                    )
-                    self._signals.deliver(signal)
-                _log.debug("signal stream ended", extra=self._log_fields)
-                return
-            except PlatformError as error:
-                if self._stop.is_set():
-                    return
-                transient = error.code in (
-                    grpc.StatusCode.UNAVAILABLE,
-                    grpc.StatusCode.RESOURCE_EXHAUSTED,
-                )
-                if not transient or time.monotonic() >= deadline:
-                    self._emit(NotificationKind.ERROR, f"signal stream failed: {error}", error)
-                    self._signals.fail(error)
-                    return
-                attempt += 1
-                delay = config.retry.delay(attempt)
-                self._emit(
-                    NotificationKind.STREAM_RECONNECTING,
-                    f"attempt {attempt}: {error}; reconnecting in {delay:.2f} s",
-                    error,
-                )
-                if self._stop.wait(delay):
-                    return
+    def _receive(self, signal: Signal) -> None:
+        _log.debug("signal %s: %s", signal.kind.value, signal.message, extra=self._log_fields)
+        self._signals.deliver(signal)
 
     def _call(  # noqa: PLR0917 - private; every argument is needed on each call
         self,
@@ -728,9 +825,7 @@ class Driver(Generic[AppData]):
         waited: list[futures.Future[Any]] = [future]
         if name != "cleanup":
             waited.append(self._signals.cancelled)
-        futures.wait(
-            waited, timeout=max(deadline - time.monotonic(), 0), return_when="FIRST_COMPLETED"
-        )
+        self._wait_for_first(link, waited, deadline)
         if not future.done():
             if self._signals.cancelled.done() and name != "cleanup":
                 signal = self._signals.cancelled.result()
@@ -755,6 +850,30 @@ class Driver(Generic[AppData]):
         if value is False:
             return _CallResult(_CallEnd.FAILED, f"{name} returned False")
         return _CallResult(_CallEnd.FAILED, f"{name} returned {value!r}; expected True or False")
+
+    @staticmethod
+    def _wait_for_first(
+        link: StageLink, waited: list[futures.Future[Any]], deadline: float
+    ) -> None:
+        """Wait until one of ``waited`` is done or ``deadline`` passes.
+
+        Progress events linger: a step that ends within ``EVENT_LINGER`` costs no call, and
+        its events go out with the next batch or with the outcome report. A step that takes
+        longer sends what is queued then, so the platform shows it while it runs.
+        """
+        done, _ = futures.wait(
+            waited,
+            timeout=min(EVENT_LINGER, max(deadline - time.monotonic(), 0)),
+            return_when=futures.FIRST_COMPLETED,
+        )
+        if done:
+            return
+        link.flush_events()
+        futures.wait(
+            waited,
+            timeout=max(deadline - time.monotonic(), 0),
+            return_when=futures.FIRST_COMPLETED,
+        )
 
     def _result_of(self, name: str, call: _CallResult, limit: timedelta) -> StageResult:
         if call.end is _CallEnd.INTERRUPTED:

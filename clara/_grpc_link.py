@@ -59,8 +59,18 @@ _OUTCOMES = {
     StageOutcome.TIMED_OUT: pb.STAGE_OUTCOME_TIMED_OUT,
 }
 MAX_EVENT_MESSAGE = 4096
+MAX_EVENTS_PER_BATCH = 256  # the contract's limit; a life-cycle queues about ten
 EVENT_TIMEOUT = 10.0
 EVENT_FLUSH_TIMEOUT = 2.0
+# A batch the platform refused as such is not sent again: it would be refused again.
+_NOT_RETRIED = frozenset(
+    {
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.NOT_FOUND,
+    }
+)
 
 
 class GrpcStageLink:
@@ -86,23 +96,19 @@ class GrpcStageLink:
         self._job_id = config.job_id
         self._lock = threading.Lock()
         self._watch_call: grpc.RpcContext | None = None
-        self._pending_events: set[grpc.Future[Any]] = set()
         self._stopped = False
+        self._events = _EventBatches(self._stub, self._ref, self._metadata)
 
-    def fetch_context(self, timeout: float) -> StageContext:
-        """Call GetStageContext and convert the answer."""
-        try:
-            response = self._stub.GetStageContext(
-                pb.GetStageContextRequest(stage=self._ref), timeout=timeout, metadata=self._metadata
-            )
-        except grpc.RpcError as error:
-            raise from_grpc_error("GetStageContext", error) from None
-        return _context_from_proto(response.context, self._job_id)
+    def watch(self, timeout: float, *, with_context: bool) -> Iterator[Signal]:
+        """Open WatchStage and yield signals; ends quietly after :meth:`stop_watching`.
 
-    def watch(self, timeout: float) -> Iterator[Signal]:
-        """Open WatchStage and yield signals; ends quietly after :meth:`stop_watching`."""
+        With ``with_context``, the first message must carry the stage's context, checked
+        against this link's job; the first signal yielded carries it.
+        """
         call = self._stub.WatchStage(
-            pb.WatchStageRequest(stage=self._ref), timeout=timeout, metadata=self._metadata
+            pb.WatchStageRequest(stage=self._ref, include_context=with_context),
+            timeout=timeout,
+            metadata=self._metadata,
         )
         with self._lock:
             if self._stopped:
@@ -110,8 +116,21 @@ class GrpcStageLink:
                 return
             self._watch_call = call
         try:
+            context_due = with_context
             for response in call:
-                yield Signal(_SIGNALS.get(response.signal, SignalKind.WAITING), response.message)
+                context = None
+                if context_due:
+                    context_due = False
+                    if not response.HasField("context"):
+                        raise InvalidArgumentError(
+                            "WatchStage",
+                            grpc.StatusCode.INVALID_ARGUMENT,
+                            "the platform sent no stage context in the first message "
+                            "(a stage service without WatchStageRequest.include_context?)",
+                        )
+                    context = _context_from_proto(response.context, self._job_id)
+                kind = _SIGNALS.get(response.signal, SignalKind.WAITING)
+                yield Signal(kind, response.message, context)
         except grpc.RpcError as error:
             with self._lock:
                 stopped = self._stopped
@@ -133,9 +152,16 @@ class GrpcStageLink:
     def complete(
         self, report_id: str, outcome: StageOutcome, message: str, timeout: float
     ) -> tuple[str, bool]:
-        """Call CompleteStage; the same ``report_id`` is reused on every retry."""
+        """Call CompleteStage with the events not sent yet; retries reuse ``report_id``.
+
+        A retry of the same report carries the same events, which the platform records once.
+        """
         request = pb.CompleteStageRequest(
-            stage=self._ref, report_id=report_id, outcome=_OUTCOMES[outcome], message=message
+            stage=self._ref,
+            report_id=report_id,
+            outcome=_OUTCOMES[outcome],
+            message=message,
+            events=self._events.take_for_report(report_id),
         )
         try:
             response = self._stub.CompleteStage(request, timeout=timeout, metadata=self._metadata)
@@ -145,49 +171,142 @@ class GrpcStageLink:
         return state, response.applied
 
     def report_event(self, kind: EventKind, message: str) -> None:
-        """Send ReportStageEvent without blocking; a failure is logged at debug level."""
-        stamp = timestamp_pb2.Timestamp()
-        stamp.GetCurrentTime()
-        request = pb.ReportStageEventRequest(
-            stage=self._ref,
-            kind=pb.StageEventKind.Value(f"STAGE_EVENT_KIND_{kind.name}"),
-            message=message[:MAX_EVENT_MESSAGE],
-            time=stamp,
-        )
-        # Progress events are best-effort: whatever goes wrong sending one must never disturb
-        # the life-cycle (a closed channel, a channel that lacks callbacks), so it is logged.
-        try:
-            future = self._stub.ReportStageEvent.future(
-                request, timeout=EVENT_TIMEOUT, metadata=self._metadata
-            )
-            with self._lock:
-                self._pending_events.add(future)
-            future.add_done_callback(self._event_done)
-        except Exception as error:
-            _log.debug("progress event %s not sent: %r", kind.name, error)
+        """Queue a progress event, stamped now; see :meth:`flush_events`."""
+        self._events.add(kind, message)
 
-    def _event_done(self, future: grpc.Future[Any]) -> None:
-        with self._lock:
-            self._pending_events.discard(future)
-        _log_event_failure(future)
+    def flush_events(self) -> None:
+        """Send the queued events in one ReportStageEvents call, without blocking.
 
-    def _flush_events(self, timeout: float) -> None:
-        """Give events still in flight up to ``timeout`` seconds before the channel closes."""
-        deadline = time.monotonic() + timeout
-        with self._lock:
-            pending = list(self._pending_events)
-        for future in pending:
-            try:
-                future.result(timeout=max(deadline - time.monotonic(), 0))
-            except Exception as error:
-                _log.debug("progress event not delivered before close: %r", error)
+        While a batch is in flight, what is queued follows as soon as it returns, so at most
+        one call per link is in flight and a short life-cycle sends few calls.
+        """
+        self._events.flush()
 
     def close(self) -> None:
-        """Stop watching and close the channel if the link opened it."""
+        """Stop watching, give queued events a moment, and close the channel if it is ours."""
         self.stop_watching()
-        self._flush_events(EVENT_FLUSH_TIMEOUT)
+        self._events.close(EVENT_FLUSH_TIMEOUT)
         if self._owns_channel:
             self._channel.close()
+
+
+class _EventBatches:
+    """A link's progress events: queued, and sent in batches with one call in flight at most.
+
+    Events are best-effort: nothing here ever raises into the life-cycle or blocks it. A
+    batch that fails goes back to the front of the queue (the platform de-duplicates events
+    by kind, message and time), to be sent at the next flush or with the completion report.
+    """
+
+    def __init__(
+        self,
+        stub: pb_grpc.StageServiceStub,
+        ref: pb.StageRef,
+        metadata: tuple[tuple[str, str], ...] | None,
+    ) -> None:
+        self._stub = stub
+        self._ref = ref
+        self._metadata = metadata
+        self._lock = threading.Condition(threading.Lock())
+        self._queue: list[pb.StageEvent] = []
+        self._in_flight = False
+        self._flush_requested = False  # flush() was called while a batch was in flight
+        self._batches_supported = True  # False once the platform says UNIMPLEMENTED
+        self._report: tuple[str, list[pb.StageEvent]] | None = None
+        self._closed = False
+        self._dropped = 0
+
+    def add(self, kind: EventKind, message: str) -> None:
+        now = time.time_ns()
+        event = pb.StageEvent(
+            kind=pb.StageEventKind.Value(f"STAGE_EVENT_KIND_{kind.name}"),
+            message=message[:MAX_EVENT_MESSAGE],
+            time=timestamp_pb2.Timestamp(seconds=now // 1_000_000_000, nanos=now % 1_000_000_000),
+        )
+        with self._lock:
+            if len(self._queue) >= MAX_EVENTS_PER_BATCH:
+                self._dropped += 1
+                return
+            self._queue.append(event)
+
+    def flush(self) -> None:
+        with self._lock:
+            self._flush_requested = True
+            batch = self._take_batch_locked()
+        if batch:
+            self._send(batch)
+
+    def take_for_report(self, report_id: str) -> list[pb.StageEvent]:
+        """The events to send with report ``report_id``: the same list on every retry."""
+        with self._lock:
+            if self._report is None or self._report[0] != report_id:
+                self._report = (report_id, self._queue)
+                self._queue = []
+            return self._report[1]
+
+    def close(self, timeout: float) -> None:
+        """Send what is queued and wait up to ``timeout`` seconds for the calls to end."""
+        self.flush()
+        with self._lock:
+            sent = self._lock.wait_for(lambda: not self._in_flight, timeout)
+            self._closed = True
+            left, dropped = len(self._queue), self._dropped
+        if not sent or left or dropped:
+            _log.debug(
+                "progress events not delivered at close: %d queued, %d dropped, a batch %s",
+                left,
+                dropped,
+                "still in flight" if not sent else "not in flight",
+            )
+
+    def _take_batch_locked(self) -> list[pb.StageEvent] | None:
+        if self._in_flight or self._closed or not self._batches_supported or not self._queue:
+            return None
+        batch, self._queue = self._queue, []
+        self._in_flight = True
+        self._flush_requested = False
+        return batch
+
+    def _send(self, batch: list[pb.StageEvent]) -> None:
+        request = pb.ReportStageEventsRequest(stage=self._ref, events=batch)
+        try:
+            future = self._stub.ReportStageEvents.future(
+                request, timeout=EVENT_TIMEOUT, metadata=self._metadata
+            )
+        except Exception as error:  # e.g. the channel closed under us: never disturb the caller
+            self._batch_ended(batch, error)
+            return
+        try:
+            future.add_done_callback(lambda done: self._batch_ended(batch, _failure_of(done)))
+        except NotImplementedError:  # a channel that cannot call back (grpc_testing's)
+            _log.debug("progress events sent without waiting for the answer")
+            self._batch_ended(batch, None)
+
+    def _batch_ended(self, batch: list[pb.StageEvent], error: BaseException | None) -> None:
+        """Runs on gRPC's callback thread: requeue a failed batch, send what followed it."""
+        follow_up = None
+        with self._lock:
+            self._in_flight = False
+            if error is not None:
+                _log.debug("%d progress event(s) not delivered yet: %r", len(batch), error)
+                if isinstance(error, grpc.Call) and error.code() in _NOT_RETRIED:
+                    self._dropped += len(batch)
+                else:
+                    self._queue[:0] = batch
+                    if (
+                        isinstance(error, grpc.Call)
+                        and error.code() is grpc.StatusCode.UNIMPLEMENTED
+                    ):
+                        _log.info(
+                            "the platform does not implement ReportStageEvents: progress "
+                            "events will go with the completion report"
+                        )
+                        self._batches_supported = False
+            elif self._flush_requested:
+                follow_up = self._take_batch_locked()
+            self._lock.notify_all()
+        if follow_up:
+            self._send(follow_up)
 
 
 def open_channel(config: DriverConfig) -> grpc.Channel:
@@ -201,12 +320,10 @@ def open_channel(config: DriverConfig) -> grpc.Channel:
     )
 
 
-def _log_event_failure(future: grpc.Future[Any]) -> None:
+def _failure_of(future: grpc.Future[Any]) -> BaseException | None:
     if future.cancelled():
-        return
-    error = future.exception()
-    if error is not None:
-        _log.debug("progress event not delivered: %s", error)
+        return grpc.FutureCancelledError()
+    return future.exception()
 
 
 def _context_from_proto(message: pb.StageContext, expected_job_id: uuid.UUID) -> StageContext:
@@ -214,20 +331,20 @@ def _context_from_proto(message: pb.StageContext, expected_job_id: uuid.UUID) ->
         job_id = uuid.UUID(message.job_id)
     except ValueError:
         raise InvalidArgumentError(
-            "GetStageContext",
+            "WatchStage",
             grpc.StatusCode.INVALID_ARGUMENT,
             f"platform sent a malformed job_id {message.job_id!r}",
         ) from None
     if job_id != expected_job_id:
         raise InvalidArgumentError(
-            "GetStageContext",
+            "WatchStage",
             grpc.StatusCode.INVALID_ARGUMENT,
             f"platform sent the context of job {job_id}, not {expected_job_id}",
         )
     timeout = message.timeout.ToTimedelta() if message.HasField("timeout") else None
     if timeout is None or timeout <= timedelta(0):
         raise InvalidArgumentError(
-            "GetStageContext",
+            "WatchStage",
             grpc.StatusCode.INVALID_ARGUMENT,
             f"platform sent no positive stage timeout ({timeout})",
         )

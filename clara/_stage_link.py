@@ -36,10 +36,11 @@ class SignalKind(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class Signal:
-    """One message of the stage's signal stream."""
+    """One message of the stage's signal stream; the first may carry the stage's context."""
 
     kind: SignalKind
     message: str
+    context: StageContext | None = None
 
 
 class EventKind(enum.Enum):
@@ -59,11 +60,12 @@ class EventKind(enum.Enum):
 class StageLink(Protocol):
     """What the driver needs from the platform. Methods make one attempt each."""
 
-    def fetch_context(self, timeout: float) -> StageContext:
-        """Return the stage's context."""
+    def watch(self, timeout: float, *, with_context: bool) -> Iterator[Signal]:
+        """Open the signal stream and yield its signals until it ends.
 
-    def watch(self, timeout: float) -> Iterator[Signal]:
-        """Open the signal stream and yield its signals until it ends."""
+        With ``with_context``, the first signal carries the stage's context (or the stream
+        fails with :class:`~clara.InvalidArgumentError`).
+        """
 
     def stop_watching(self) -> None:
         """End an open ``watch`` from another thread; the iterator then stops quietly."""
@@ -74,10 +76,13 @@ class StageLink(Protocol):
         """Report the outcome; return the stage's state name and whether this report applied."""
 
     def report_event(self, kind: EventKind, message: str) -> None:
-        """Send a progress event without waiting for it."""
+        """Queue a progress event; it goes out at the next ``flush_events`` or ``complete``."""
+
+    def flush_events(self) -> None:
+        """Start sending the queued events without waiting for them."""
 
     def close(self) -> None:
-        """Release the link's resources."""
+        """Release the link's resources (queued events get a short, bounded chance to go)."""
 
 
 class StandaloneStageLink:
@@ -91,10 +96,13 @@ class StandaloneStageLink:
         self._config = config
         self._stopped = threading.Event()
 
-    def fetch_context(self, timeout: float) -> StageContext:
-        """Build the context from the standalone settings."""
+    def watch(self, timeout: float, *, with_context: bool) -> Iterator[Signal]:
+        """Yield INPUTS_READY, then hold the stream open until stopped or ``timeout``.
+
+        The context, when asked for, comes from the standalone settings.
+        """
         config = self._config
-        return StageContext(
+        context = StageContext(
             job_id=config.job_id,
             job_name=config.standalone_job_name,
             pipeline_id="",
@@ -103,10 +111,11 @@ class StandaloneStageLink:
             inputs=(PayloadEntry("", str(Path(config.standalone_input))),),
             outputs=(PayloadEntry("", str(Path(config.standalone_output))),),
         )
-
-    def watch(self, timeout: float) -> Iterator[Signal]:
-        """Yield INPUTS_READY, then hold the stream open until stopped or ``timeout``."""
-        yield Signal(SignalKind.INPUTS_READY, "standalone: inputs are ready at once")
+        yield Signal(
+            SignalKind.INPUTS_READY,
+            "standalone: inputs are ready at once",
+            context if with_context else None,
+        )
         self._stopped.wait(timeout)
 
     def stop_watching(self) -> None:
@@ -121,6 +130,9 @@ class StandaloneStageLink:
 
     def report_event(self, kind: EventKind, message: str) -> None:
         """Nothing to report to."""
+
+    def flush_events(self) -> None:
+        """Nothing to send."""
 
     def close(self) -> None:
         """Release the held-open stream."""

@@ -10,6 +10,7 @@ fires on every change, and recompute what they need (level-triggered, never miss
 from __future__ import annotations
 
 import asyncio
+import bisect
 import enum
 import time
 import uuid
@@ -17,8 +18,10 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from types import MappingProxyType
+from typing import TypeAlias
 
 __all__ = [
+    "EventReport",
     "InputRef",
     "Job",
     "JobState",
@@ -114,11 +117,40 @@ class StageSpec:
 
 @dataclass(slots=True)
 class StageEvent:
-    """A life-cycle event a driver reported, with the platform's receive time."""
+    """A life-cycle event a driver reported.
+
+    Attributes:
+        kind: The step, e.g. ``"execute_started"``.
+        message: The driver's details.
+        happened_at: When it happened, in seconds since the epoch: by the driver's clock when
+            the driver sent a time, else the platform's receive time.
+        driver_time: True when ``happened_at`` is the driver's time.
+    """
 
     kind: str
     message: str
-    received: float
+    happened_at: float
+    driver_time: bool
+
+
+#: One event of a batch for :meth:`Job.record_events`: kind, message, and the driver's time
+#: (seconds since the epoch), or ``None`` to stamp it with the receive time.
+EventReport: TypeAlias = tuple[str, str, float | None]
+
+
+def _happened_at(event: StageEvent) -> float:
+    return event.happened_at
+
+
+def _already_recorded(events: list[StageEvent], kind: str, message: str, at: float) -> bool:
+    """Whether ``events`` (ordered by time) holds this driver-timed event."""
+    i = bisect.bisect_left(events, at, key=_happened_at)
+    while i < len(events) and events[i].happened_at == at:
+        e = events[i]
+        if e.driver_time and e.kind == kind and e.message == message:
+            return True
+        i += 1
+    return False
 
 
 @dataclass(slots=True)
@@ -171,7 +203,7 @@ class Job:
 
     ``on_change``, when set, is called with the job after each transition (start, a stage's
     end, cancellation), before the caller gets control back: the persistence hook. Progress
-    events (:meth:`record_event`) are not transitions and do not call it.
+    events (:meth:`record_events`) are not transitions and do not call it.
     """
 
     def __init__(
@@ -301,11 +333,42 @@ class Job:
         return True
 
     def record_event(self, name: str, kind: str, message: str) -> None:
-        """Keep a driver's progress event (the newest ``MAX_EVENTS_PER_STAGE`` per stage)."""
+        """Keep one driver's progress event, stamped with the receive time."""
+        self.record_events(name, [(kind, message, None)])
+
+    def record_events(self, name: str, batch: Iterable[EventReport]) -> int:
+        """Keep a batch of a driver's progress events.
+
+        The stage's events stay ordered by :attr:`StageEvent.happened_at` (a batch may arrive
+        after a newer one; equal times keep their arrival order), and only the newest
+        ``MAX_EVENTS_PER_STAGE`` are kept. An event with a driver time that is identical (kind,
+        message, time) to one recorded before this batch is dropped: so a retried report
+        records its events once. Watchers wake once per batch that recorded anything.
+
+        Returns:
+            How many of the batch's events were recorded.
+        """
         events = self.stage(name).events
-        events.append(StageEvent(kind, message, time.time()))
+        now = time.time()
+        newest = events[-1].happened_at if events else float("-inf")
+        fresh: list[StageEvent] = []
+        # Judge duplicates against the events recorded before this batch only: identical
+        # events within one batch are distinct events (e.g. two errors in one clock tick).
+        for kind, message, at in batch:
+            if at is None:
+                fresh.append(StageEvent(kind, message, now, driver_time=False))
+            elif at > newest or not _already_recorded(events, kind, message, at):
+                fresh.append(StageEvent(kind, message, at, driver_time=True))
+        if not fresh:
+            return 0
+        for event in fresh:
+            if not events or event.happened_at >= events[-1].happened_at:
+                events.append(event)  # the usual case: newer than everything recorded
+            else:
+                bisect.insort_right(events, event, key=_happened_at)
         del events[:-MAX_EVENTS_PER_STAGE]
         self._broadcast()
+        return len(fresh)
 
     # -- internals ----------------------------------------------------------------------
 

@@ -5,16 +5,17 @@ from __future__ import annotations
 import logging
 import re
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import grpc
-from google.protobuf import duration_pb2
+from google.protobuf import duration_pb2, timestamp_pb2
 
 from clara._proto.nvidia.clara.platform.stage.v1 import stage_service_pb2 as pb
 from clara._proto.nvidia.clara.platform.stage.v1 import stage_service_pb2_grpc as pb_grpc
 from server_mock._auth import AuthResult, StageTokens, token_from_metadata
 from server_mock._jobs import (
     CancelReason,
+    EventReport,
     Job,
     JobState,
     JobStore,
@@ -31,6 +32,10 @@ _log = logging.getLogger("server_mock.stage")
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,255}")
 _REPORT_ID = re.compile(r"[\x21-\x7e]{1,128}")
 MAX_MESSAGE_CHARS = 4096
+MAX_EVENTS_PER_CALL = 256
+# google.protobuf.Timestamp's valid range: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z.
+_MIN_SECONDS = -62_135_596_800
+_MAX_SECONDS = 253_402_300_799
 
 _STATES = {
     StageState.WAITING: pb.STAGE_STATE_WAITING,
@@ -46,6 +51,86 @@ _OUTCOMES = {
     pb.STAGE_OUTCOME_CANCELLED: "cancelled",
     pb.STAGE_OUTCOME_TIMED_OUT: "timed_out",
 }
+
+
+_EVENT_KINDS = {
+    value: name.removeprefix("STAGE_EVENT_KIND_").lower()
+    for name, value in pb.StageEventKind.items()
+    if value != pb.STAGE_EVENT_KIND_UNSPECIFIED
+}
+
+
+class _InvalidEventError(ValueError):
+    """A reported event is malformed; the text names the field and the bad value."""
+
+
+def _event_report(
+    kind: pb.StageEventKind.ValueType,
+    message: str,
+    at: timestamp_pb2.Timestamp | None,
+    field: str,
+) -> EventReport:
+    """Check one reported event and convert it for :meth:`Job.record_events`.
+
+    Args:
+        kind: The event's kind, as sent.
+        message: The event's details (truncated to ``MAX_MESSAGE_CHARS``).
+        at: The driver's time of the event; ``None`` when unset (the receive time is used).
+        field: The event's path in the request, prefixed to the names in errors, e.g.
+            ``"events[3]."``; ``""`` for the fields of ``ReportStageEventRequest``.
+
+    Raises:
+        _InvalidEventError: The kind is unknown or UNSPECIFIED, or the time is out of range.
+    """
+    name = _EVENT_KINDS.get(kind)
+    if name is None:
+        raise _InvalidEventError(f"{field}kind: {kind} is not a valid event kind")
+    if at is None:
+        return name, message[:MAX_MESSAGE_CHARS], None
+    if not (_MIN_SECONDS <= at.seconds <= _MAX_SECONDS and 0 <= at.nanos <= 999_999_999):
+        raise _InvalidEventError(
+            f"{field}time: seconds={at.seconds} nanos={at.nanos} is not a valid timestamp "
+            "(0001-01-01 to 9999-12-31 UTC, nanos 0-999999999)"
+        )
+    return name, message[:MAX_MESSAGE_CHARS], at.seconds + at.nanos / 1e9
+
+
+def _event_reports(events: Sequence[pb.StageEvent], minimum: int) -> list[EventReport]:
+    """Check a request's ``events`` (all of them, before any is recorded) and convert them.
+
+    Raises:
+        _InvalidEventError: The count is outside ``minimum``-256, or an event is malformed.
+    """
+    if not minimum <= len(events) <= MAX_EVENTS_PER_CALL:
+        raise _InvalidEventError(
+            f"events: {len(events)} events; expected {minimum}-{MAX_EVENTS_PER_CALL}"
+        )
+    return [
+        _event_report(e.kind, e.message, e.time if e.HasField("time") else None, f"events[{i}].")
+        for i, e in enumerate(events)
+    ]
+
+
+def _context_of(job: Job, stage: Stage) -> pb.StageContext:
+    spec = stage.spec
+    timeout = duration_pb2.Duration()
+    timeout.FromTimedelta(spec.timeout)
+    return pb.StageContext(
+        job_id=str(job.job_id),
+        job_name=job.name,
+        pipeline_id=job.pipeline_id,
+        stage_name=spec.name,
+        timeout=timeout,
+        inputs=[
+            pb.InputEntry(
+                name=i.name, path=i.path, from_stage=i.from_stage, from_output=i.from_output
+            )
+            for i in spec.inputs
+        ],
+        outputs=[pb.OutputEntry(name=o.name, path=o.path) for o in spec.outputs],
+        state=_STATES[stage.state],
+        variables=dict(spec.variables),
+    )
 
 
 def _signal_of(stage: Stage) -> pb.StageSignal.ValueType:
@@ -134,36 +219,20 @@ class StageService(pb_grpc.StageServiceServicer):
     ) -> pb.GetStageContextResponse:
         """Return the stage's identity, timeout and entries."""
         job, stage = await self._resolve(request.stage, context)
-        spec = stage.spec
-        timeout = duration_pb2.Duration()
-        timeout.FromTimedelta(spec.timeout)
-        return pb.GetStageContextResponse(
-            context=pb.StageContext(
-                job_id=str(job.job_id),
-                job_name=job.name,
-                pipeline_id=job.pipeline_id,
-                stage_name=spec.name,
-                timeout=timeout,
-                inputs=[
-                    pb.InputEntry(
-                        name=i.name, path=i.path, from_stage=i.from_stage, from_output=i.from_output
-                    )
-                    for i in spec.inputs
-                ],
-                outputs=[pb.OutputEntry(name=o.name, path=o.path) for o in spec.outputs],
-                state=_STATES[stage.state],
-                variables=dict(spec.variables),
-            )
-        )
+        return pb.GetStageContextResponse(context=_context_of(job, stage))
 
     async def WatchStage(
         self,
         request: pb.WatchStageRequest,
         context: grpc.aio.ServicerContext[object, object],
     ) -> AsyncIterator[pb.WatchStageResponse]:
-        """Send the stage's current signal, then one per change, until it is terminal."""
-        _, stage = await self._resolve(request.stage, context)
+        """Send the stage's current signal (with its context if asked), then one per change.
+
+        The stream ends once the stage is terminal.
+        """
+        job, stage = await self._resolve(request.stage, context)
         last: tuple[int, int] | None = None
+        first_context = _context_of(job, stage) if request.include_context else None
         while True:
             changed = stage.changed()
             signal, state, terminal = _signal_of(stage), _STATES[stage.state], stage.state.terminal
@@ -171,7 +240,10 @@ class StageService(pb_grpc.StageServiceServicer):
                 last = (signal, state)
                 # The stage may change while this yield waits for the client: decide whether to
                 # end from what was sent, so a terminal state is always sent before the end.
-                yield pb.WatchStageResponse(signal=signal, state=state, message=stage.message)
+                yield pb.WatchStageResponse(
+                    signal=signal, state=state, message=stage.message, context=first_context
+                )
+                first_context = None
             if terminal:
                 return
             await changed.wait()
@@ -194,6 +266,11 @@ class StageService(pb_grpc.StageServiceServicer):
                 f"outcome: {request.outcome} is not a valid StageOutcome",
             )
             raise AssertionError("unreachable: abort raises")
+        try:
+            events = _event_reports(request.events, minimum=0)
+        except _InvalidEventError as error:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+            raise AssertionError("unreachable: abort raises") from None
         job, stage = await self._resolve(request.stage, context)
         if job.state is JobState.CREATED:
             await context.abort(
@@ -208,14 +285,18 @@ class StageService(pb_grpc.StageServiceServicer):
         state, applied = job.complete_stage(
             stage.spec.name, request.report_id, outcome, request.message[:MAX_MESSAGE_CHARS]
         )
+        # Recorded even when the report did not apply: the events are still the driver's real
+        # history. A retry of the same report finds its timed events recorded and skips them.
+        recorded = job.record_events(stage.spec.name, events) if events else 0
         _log.info(
-            "job %s stage %s reported %s (report %s): state %s, applied %s",
+            "job %s stage %s reported %s (report %s): state %s, applied %s, %d events recorded",
             job.job_id,
             stage.spec.name,
             outcome,
             request.report_id,
             state.value,
             applied,
+            recorded,
         )
         return pb.CompleteStageResponse(state=_STATES[state], applied=applied)
 
@@ -225,13 +306,31 @@ class StageService(pb_grpc.StageServiceServicer):
         context: grpc.aio.ServicerContext[object, object],
     ) -> pb.ReportStageEventResponse:
         """Record a driver's progress event."""
-        if request.kind == pb.STAGE_EVENT_KIND_UNSPECIFIED or (
-            request.kind not in pb.StageEventKind.values()
-        ):
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT, f"kind: {request.kind} is not a valid event kind"
+        try:
+            event = _event_report(
+                request.kind,
+                request.message,
+                request.time if request.HasField("time") else None,
+                field="",
             )
+        except _InvalidEventError as error:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+            raise AssertionError("unreachable: abort raises") from None
         job, stage = await self._resolve(request.stage, context)
-        kind = pb.StageEventKind.Name(request.kind).removeprefix("STAGE_EVENT_KIND_").lower()
-        job.record_event(stage.spec.name, kind, request.message[:MAX_MESSAGE_CHARS])
+        job.record_events(stage.spec.name, [event])
         return pb.ReportStageEventResponse()
+
+    async def ReportStageEvents(
+        self,
+        request: pb.ReportStageEventsRequest,
+        context: grpc.aio.ServicerContext[object, object],
+    ) -> pb.ReportStageEventsResponse:
+        """Record a batch of a driver's progress events: all of them, or none if one is bad."""
+        try:
+            events = _event_reports(request.events, minimum=1)
+        except _InvalidEventError as error:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+            raise AssertionError("unreachable: abort raises") from None
+        job, stage = await self._resolve(request.stage, context)
+        job.record_events(stage.spec.name, events)
+        return pb.ReportStageEventsResponse()

@@ -22,7 +22,6 @@ import clara
 from clara._proto.nvidia.clara.platform.stage.v1 import stage_service_pb2 as pb
 
 SERVICE = pb.DESCRIPTOR.services_by_name["StageService"]
-GET_CONTEXT = SERVICE.methods_by_name["GetStageContext"]
 WATCH = SERVICE.methods_by_name["WatchStage"]
 COMPLETE = SERVICE.methods_by_name["CompleteStage"]
 WAIT = 20.0
@@ -42,18 +41,16 @@ def started() -> Iterator[list[clara.Driver[Any]]]:
         driver.wait_for_completion(WAIT)
 
 
-def context_response(timeout: timedelta = timedelta(seconds=30)) -> pb.GetStageContextResponse:
+def stage_context(timeout: timedelta = timedelta(seconds=30)) -> pb.StageContext:
     duration = duration_pb2.Duration()
     duration.FromTimedelta(timeout)
-    return pb.GetStageContextResponse(
-        context=pb.StageContext(
-            job_id=str(JOB_ID),
-            job_name="fake-job",
-            stage_name="stage",
-            timeout=duration,
-            inputs=[pb.InputEntry(name="", path="/in", from_stage="up")],
-            outputs=[pb.OutputEntry(name="", path="/out")],
-        )
+    return pb.StageContext(
+        job_id=str(JOB_ID),
+        job_name="fake-job",
+        stage_name="stage",
+        timeout=duration,
+        inputs=[pb.InputEntry(name="", path="/in", from_stage="up")],
+        outputs=[pb.OutputEntry(name="", path="/out")],
     )
 
 
@@ -72,12 +69,20 @@ def new_driver(
     return driver
 
 
-def serve_context(
-    channel: grpc_testing.Channel, response: pb.GetStageContextResponse | None = None
-) -> None:
-    _, request, rpc = channel.take_unary_unary(GET_CONTEXT)
+def serve_watch(
+    channel: grpc_testing.Channel,
+    signal: pb.StageSignal.ValueType,
+    context: pb.StageContext | None = None,
+    message: str = "",
+) -> grpc_testing.UnaryStreamChannelRpc:
+    """Take the driver's first WatchStage and answer with the stage context and ``signal``."""
+    _, request, watch = channel.take_unary_stream(WATCH)
     assert request.stage == pb.StageRef(job_id=str(JOB_ID), stage_name="stage")
-    rpc.terminate(response or context_response(), (), grpc.StatusCode.OK, "")
+    assert request.include_context
+    watch.send_response(
+        pb.WatchStageResponse(signal=signal, message=message, context=context or stage_context())
+    )
+    return watch
 
 
 def test_happy_path_order_and_single_report(
@@ -103,10 +108,7 @@ def test_happy_path_order_and_single_report(
         cleanup=lambda d: calls.append("cleanup") is None,
     )
     driver.start()
-    serve_context(channel)
-    _, watch_request, watch = channel.take_unary_stream(WATCH)
-    assert watch_request.stage.stage_name == "stage"
-    watch.send_response(pb.WatchStageResponse(signal=pb.STAGE_SIGNAL_WAITING))
+    watch = serve_watch(channel, pb.STAGE_SIGNAL_WAITING)
     assert prepared.wait(WAIT)
     assert calls == ["prepare"]  # execute waits for the inputs-ready signal
     watch.send_response(pb.WatchStageResponse(signal=pb.STAGE_SIGNAL_INPUTS_READY))
@@ -131,9 +133,7 @@ def test_transient_report_failure_is_retried_with_the_same_report_id(
 ) -> None:
     driver = new_driver(channel, started, execute=lambda d, p: False)
     driver.start()
-    serve_context(channel)
-    _, _, watch = channel.take_unary_stream(WATCH)
-    watch.send_response(pb.WatchStageResponse(signal=pb.STAGE_SIGNAL_INPUTS_READY))
+    watch = serve_watch(channel, pb.STAGE_SIGNAL_INPUTS_READY)
 
     report_ids = []
     for code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.OK):
@@ -161,9 +161,7 @@ def test_permanent_report_error_is_not_retried(
         channel, started, execute=lambda d, p: True, notify=lambda d, n: notes.append(n)
     )
     driver.start()
-    serve_context(channel)
-    _, _, watch = channel.take_unary_stream(WATCH)
-    watch.send_response(pb.WatchStageResponse(signal=pb.STAGE_SIGNAL_INPUTS_READY))
+    watch = serve_watch(channel, pb.STAGE_SIGNAL_INPUTS_READY)
     _, _, rpc = channel.take_unary_unary(COMPLETE)
     rpc.terminate(pb.CompleteStageResponse(), (), grpc.StatusCode.PERMISSION_DENIED, "not yours")
     result = driver.wait_for_completion(WAIT)
@@ -177,20 +175,25 @@ def test_broken_stream_reconnects_and_does_not_lose_the_signal(
     channel: grpc_testing.Channel, started: list[clara.Driver[Any]]
 ) -> None:
     executed = threading.Event()
+    waiting = threading.Event()
     notes: list[clara.Notification] = []
+
+    def notify(driver: clara.Driver[Any], note: clara.Notification) -> None:
+        notes.append(note)
+        if note.kind is clara.NotificationKind.WAITING_FOR_INPUTS:
+            waiting.set()
+
     driver = new_driver(
-        channel,
-        started,
-        execute=lambda d, p: executed.set() is None,
-        notify=lambda d, n: notes.append(n),
+        channel, started, execute=lambda d, p: executed.set() is None, notify=notify
     )
     driver.start()
-    serve_context(channel)
-    _, _, first = channel.take_unary_stream(WATCH)
-    first.send_response(pb.WatchStageResponse(signal=pb.STAGE_SIGNAL_WAITING))
+    first = serve_watch(channel, pb.STAGE_SIGNAL_WAITING)
+    assert waiting.wait(WAIT)  # the first message (with the context) was read
     first.terminate((), grpc.StatusCode.UNAVAILABLE, "connection reset")
-    # The platform became ready during the gap: the new stream's first message says so.
-    _, _, second = channel.take_unary_stream(WATCH)
+    # The platform became ready during the gap: the new stream's first message says so, and
+    # the driver, which has its context, does not ask for it again.
+    _, reopened, second = channel.take_unary_stream(WATCH)
+    assert not reopened.include_context
     second.send_response(pb.WatchStageResponse(signal=pb.STAGE_SIGNAL_INPUTS_READY))
     _, _, rpc = channel.take_unary_unary(COMPLETE)
     assert executed.is_set()
@@ -211,12 +214,8 @@ def test_upstream_failure_signal_cancels_without_executing(
     executed: list[bool] = []
     driver = new_driver(channel, started, execute=lambda d, p: executed.append(True) is None)
     driver.start()
-    serve_context(channel)
-    _, _, watch = channel.take_unary_stream(WATCH)
-    watch.send_response(
-        pb.WatchStageResponse(
-            signal=pb.STAGE_SIGNAL_UPSTREAM_FAILED, message="upstream stage up failed"
-        )
+    watch = serve_watch(
+        channel, pb.STAGE_SIGNAL_UPSTREAM_FAILED, message="upstream stage up failed"
     )
     _, report, rpc = channel.take_unary_unary(COMPLETE)
     assert report.outcome == pb.STAGE_OUTCOME_CANCELLED
@@ -250,9 +249,58 @@ def test_malformed_context_from_the_platform_fails_clearly(
     cleaned: list[bool] = []
     driver = new_driver(channel, started, cleanup=lambda d: cleaned.append(True) is None)
     driver.start()
-    serve_context(channel, pb.GetStageContextResponse(context=context))
+    watch = serve_watch(channel, pb.STAGE_SIGNAL_INPUTS_READY, context)
     result = driver.wait_for_completion(WAIT)
     assert result.outcome is clara.StageOutcome.FAILED
     assert isinstance(result.error, clara.InvalidArgumentError)
     assert message in result.message
+    assert not result.reported  # the stage's identity is not known: nothing to report to
     assert cleaned == [True]
+    watch.terminate((), grpc.StatusCode.OK, "")
+
+
+def test_a_platform_that_sends_no_context_on_the_stream_fails_clearly(
+    channel: grpc_testing.Channel, started: list[clara.Driver[Any]]
+) -> None:
+    executed: list[bool] = []
+    driver = new_driver(channel, started, execute=lambda d, p: executed.append(True) is None)
+    driver.start()
+    # A stage service that predates WatchStageRequest.include_context ignores it.
+    _, _, watch = channel.take_unary_stream(WATCH)
+    watch.send_response(pb.WatchStageResponse(signal=pb.STAGE_SIGNAL_INPUTS_READY))
+    result = driver.wait_for_completion(WAIT)
+    assert result.outcome is clara.StageOutcome.FAILED
+    assert isinstance(result.error, clara.InvalidArgumentError)
+    assert "no stage context in the first message" in result.message
+    assert executed == []
+    watch.terminate((), grpc.StatusCode.OK, "")
+
+
+def test_a_stream_that_fails_before_the_context_is_retried_as_connecting(
+    channel: grpc_testing.Channel, started: list[clara.Driver[Any]]
+) -> None:
+    notes: list[clara.Notification] = []
+    driver = new_driver(
+        channel, started, execute=lambda d, p: True, notify=lambda d, n: notes.append(n)
+    )
+    driver.start()
+    _, _, refused = channel.take_unary_stream(WATCH)
+    refused.terminate((), grpc.StatusCode.UNAVAILABLE, "not yet")
+    watch = serve_watch(channel, pb.STAGE_SIGNAL_INPUTS_READY)  # asks for the context again
+    _, report, rpc = channel.take_unary_unary(COMPLETE)
+    assert report.outcome == pb.STAGE_OUTCOME_SUCCEEDED
+    rpc.terminate(
+        pb.CompleteStageResponse(state=pb.STAGE_STATE_SUCCEEDED, applied=True),
+        (),
+        grpc.StatusCode.OK,
+        "",
+    )
+    assert driver.wait_for_completion(WAIT).reported
+    kinds = [n.kind for n in notes]
+    assert kinds.index(clara.NotificationKind.CONNECT_RETRY) < kinds.index(
+        clara.NotificationKind.CONNECTED
+    )
+    assert clara.NotificationKind.STREAM_RECONNECTING not in kinds
+    retry = next(n for n in notes if n.kind is clara.NotificationKind.CONNECT_RETRY)
+    assert retry.message.startswith("WatchStage attempt 1 failed (UNAVAILABLE)")
+    watch.terminate((), grpc.StatusCode.OK, "")

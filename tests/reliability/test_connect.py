@@ -53,7 +53,7 @@ def test_unreachable_platform_is_retried_until_the_deadline_then_fails_clearly(
     retries = recorder.of(CONNECT_RETRY)
     assert len(retries) >= 3
     for number, notification in enumerate(retries, start=1):
-        assert notification.message.startswith(f"GetStageContext attempt {number} failed")
+        assert notification.message.startswith(f"WatchStage attempt {number} failed")
         assert "UNAVAILABLE" in notification.message
     # A clear final error: which platform, for how long, how many attempts, the last cause.
     match = re.search(r"did not answer within 0:00:01.500000 \((\d+) attempts\)", result.message)

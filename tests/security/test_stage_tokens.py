@@ -64,6 +64,13 @@ def every_rpc(
             WAIT,
             m,
         ),
+        "ReportStageEvents": lambda m: stub.ReportStageEvents(
+            pb.ReportStageEventsRequest(
+                stage=target, events=[pb.StageEvent(kind=pb.STAGE_EVENT_KIND_EXECUTE_FINISHED)]
+            ),
+            WAIT,
+            m,
+        ),
         "CompleteStage": lambda m: stub.CompleteStage(
             pb.CompleteStageRequest(
                 stage=target, report_id="r-1", outcome=pb.STAGE_OUTCOME_SUCCEEDED
@@ -93,7 +100,8 @@ TWO_STAGES = [StageSpec("a"), StageSpec("b", inputs=(InputRef("/x", "a"),))]
     ],
 )
 @pytest.mark.parametrize(
-    "rpc", ["GetStageContext", "WatchStage", "ReportStageEvent", "CompleteStage"]
+    "rpc",
+    ["GetStageContext", "WatchStage", "ReportStageEvent", "ReportStageEvents", "CompleteStage"],
 )
 def test_a_call_without_the_stage_own_token_is_refused_and_changes_nothing(
     platform: MockPlatform,

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import grpc
 import pytest
+from google.protobuf import timestamp_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
@@ -15,6 +16,7 @@ from clara._proto.nvidia.clara.platform.stage.v1 import stage_service_pb2_grpc a
 from server_mock import InputRef, MockPlatform, StageSpec, StageState
 
 WAIT = 20.0
+T0 = 1_700_000_000  # a driver's clock, in seconds since the epoch
 
 
 @pytest.fixture
@@ -172,6 +174,225 @@ def test_events_are_recorded_and_validated(
     assert raised.value.code() is grpc.StatusCode.INVALID_ARGUMENT
     assert "kind" in raised.value.details()
     assert clara_platform.job(job_id).stages["only"].events == ("execute_started",)
+
+
+def event(
+    kind: pb.StageEventKind.ValueType, at: int | None = None, message: str = ""
+) -> pb.StageEvent:
+    """An event; ``at`` is the driver's time in seconds after ``T0`` (unset when None)."""
+    time = None if at is None else timestamp_pb2.Timestamp(seconds=T0 + at)
+    return pb.StageEvent(kind=kind, message=message, time=time)
+
+
+def report_events(
+    stub: pb_grpc.StageServiceStub, job_id: uuid.UUID, stage: str, *events: pb.StageEvent
+) -> None:
+    stub.ReportStageEvents(
+        pb.ReportStageEventsRequest(stage=ref(job_id, stage), events=events), timeout=WAIT
+    )
+
+
+def test_a_batch_of_events_is_recorded_in_order_with_one_change(
+    clara_platform: MockPlatform, stub: pb_grpc.StageServiceStub
+) -> None:
+    job_id = clara_platform.create_job([StageSpec("only")])
+    version = clara_platform.call(lambda: clara_platform.jobs.get(job_id).version)
+    report_events(
+        stub,
+        job_id,
+        "only",
+        event(pb.STAGE_EVENT_KIND_CONTEXT_RECEIVED),
+        event(pb.STAGE_EVENT_KIND_PREPARE_STARTED),
+        event(pb.STAGE_EVENT_KIND_PREPARE_FINISHED, message="x" * 5000),
+    )
+    assert clara_platform.job(job_id).stages["only"].events == (
+        "context_received",
+        "prepare_started",
+        "prepare_finished",
+    )
+    job = clara_platform.call(lambda: clara_platform.jobs.get(job_id))
+    assert job.version == version + 1  # watchers wake once per batch, not once per event
+    assert len(job.stages["only"].events[-1].message) == 4096
+
+
+def test_events_are_kept_in_driver_time_order_across_batches(
+    clara_platform: MockPlatform, stub: pb_grpc.StageServiceStub
+) -> None:
+    job_id = clara_platform.create_job([StageSpec("only")])
+    report_events(
+        stub,
+        job_id,
+        "only",
+        event(pb.STAGE_EVENT_KIND_INPUTS_READY, at=2),
+        event(pb.STAGE_EVENT_KIND_CONTEXT_RECEIVED, at=0),
+        event(pb.STAGE_EVENT_KIND_PREPARE_STARTED, at=1),
+    )
+    complete_with_events = pb.CompleteStageRequest(
+        stage=ref(job_id, "only"),
+        report_id="r-1",
+        outcome=pb.STAGE_OUTCOME_SUCCEEDED,
+        events=[event(pb.STAGE_EVENT_KIND_CLEANUP_FINISHED, at=6)],
+    )
+    stub.CompleteStage(complete_with_events, timeout=WAIT)
+    # A batch that was still in flight when the stage completed arrives last.
+    report_events(
+        stub,
+        job_id,
+        "only",
+        event(pb.STAGE_EVENT_KIND_EXECUTE_STARTED, at=3),
+        event(pb.STAGE_EVENT_KIND_EXECUTE_FINISHED, at=4),
+    )
+    assert clara_platform.job(job_id).stages["only"].events == (
+        "context_received",
+        "prepare_started",
+        "inputs_ready",
+        "execute_started",
+        "execute_finished",
+        "cleanup_finished",
+    )
+
+
+@pytest.mark.parametrize(
+    ("bad", "details"),
+    [
+        (event(pb.STAGE_EVENT_KIND_UNSPECIFIED, at=3), "events[3].kind: 0 is not a valid"),
+        (
+            event(pb.StageEventKind.ValueType(42), at=3),
+            "events[3].kind: 42 is not a valid event kind",
+        ),
+        (
+            pb.StageEvent(
+                kind=pb.STAGE_EVENT_KIND_ERROR, time=timestamp_pb2.Timestamp(seconds=T0, nanos=-1)
+            ),
+            f"events[3].time: seconds={T0} nanos=-1 is not a valid timestamp",
+        ),
+    ],
+)
+def test_a_batch_with_a_bad_event_is_rejected_and_nothing_of_it_is_recorded(
+    clara_platform: MockPlatform,
+    stub: pb_grpc.StageServiceStub,
+    bad: pb.StageEvent,
+    details: str,
+) -> None:
+    job_id = clara_platform.create_job([StageSpec("only")])
+    good = [event(pb.STAGE_EVENT_KIND_CONTEXT_RECEIVED, at=i) for i in range(3)]
+    with pytest.raises(grpc.RpcError) as raised:
+        report_events(stub, job_id, "only", *good, bad, event(pb.STAGE_EVENT_KIND_ERROR, at=4))
+    assert raised.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert details in raised.value.details()
+    assert clara_platform.job(job_id).stages["only"].events == ()
+
+
+@pytest.mark.parametrize("count", [0, 257])
+def test_a_batch_of_0_or_more_than_256_events_is_rejected(
+    clara_platform: MockPlatform, stub: pb_grpc.StageServiceStub, count: int
+) -> None:
+    job_id = clara_platform.create_job([StageSpec("only")])
+    events = [event(pb.STAGE_EVENT_KIND_ERROR, at=i) for i in range(count)]
+    with pytest.raises(grpc.RpcError) as raised:
+        report_events(stub, job_id, "only", *events)
+    assert raised.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert f"events: {count} events; expected 1-256" in raised.value.details()
+    assert clara_platform.job(job_id).stages["only"].events == ()
+
+
+def test_a_stage_keeps_its_newest_256_events(
+    clara_platform: MockPlatform, stub: pb_grpc.StageServiceStub
+) -> None:
+    job_id = clara_platform.create_job([StageSpec("only")])
+    report_events(
+        stub, job_id, "only", *[event(pb.STAGE_EVENT_KIND_ERROR, at=i) for i in range(256)]
+    )
+    report_events(
+        stub,
+        job_id,
+        "only",
+        event(pb.STAGE_EVENT_KIND_CONTEXT_RECEIVED, at=-1),  # older than all: trimmed at once
+        event(pb.STAGE_EVENT_KIND_CLEANUP_FINISHED, at=300),
+    )
+    events = clara_platform.job(job_id).stages["only"].events
+    assert len(events) == 256
+    assert events[-1] == "cleanup_finished" and "context_received" not in events
+
+
+def complete_with(
+    stub: pb_grpc.StageServiceStub,
+    job_id: uuid.UUID,
+    report_id: str,
+    *events: pb.StageEvent,
+    outcome: pb.StageOutcome.ValueType = pb.STAGE_OUTCOME_SUCCEEDED,
+) -> pb.CompleteStageResponse:
+    return stub.CompleteStage(
+        pb.CompleteStageRequest(
+            stage=ref(job_id, "only"), report_id=report_id, outcome=outcome, events=events
+        ),
+        timeout=WAIT,
+    )
+
+
+def test_complete_stage_records_its_events_once_per_report(
+    clara_platform: MockPlatform, stub: pb_grpc.StageServiceStub
+) -> None:
+    job_id = clara_platform.create_job([StageSpec("only")])
+    report_events(stub, job_id, "only", event(pb.STAGE_EVENT_KIND_EXECUTE_STARTED, at=0))
+    last = [
+        event(pb.STAGE_EVENT_KIND_EXECUTE_FINISHED, at=1),
+        event(pb.STAGE_EVENT_KIND_CLEANUP_STARTED, at=2),
+        event(pb.STAGE_EVENT_KIND_CLEANUP_FINISHED, at=2),
+    ]
+    first = complete_with(stub, job_id, "r-1", *last)
+    retry = complete_with(stub, job_id, "r-1", *last)
+    assert (first.state, first.applied) == (retry.state, retry.applied)
+    assert first.applied
+    stage = clara_platform.job(job_id).stages["only"]
+    assert stage.state is StageState.SUCCEEDED
+    assert stage.events == (
+        "execute_started",
+        "execute_finished",
+        "cleanup_started",
+        "cleanup_finished",
+    )
+
+
+def test_a_report_that_does_not_apply_still_records_its_events(
+    clara_platform: MockPlatform, stub: pb_grpc.StageServiceStub
+) -> None:
+    job_id = clara_platform.create_job([StageSpec("only")])
+    complete_with(stub, job_id, "r-1", event(pb.STAGE_EVENT_KIND_EXECUTE_FINISHED, at=1))
+    late = complete_with(
+        stub,
+        job_id,
+        "r-2",
+        event(pb.STAGE_EVENT_KIND_ERROR, at=2, message="late"),
+        outcome=pb.STAGE_OUTCOME_FAILED,
+    )
+    assert not late.applied
+    stage = clara_platform.job(job_id).stages["only"]
+    assert (stage.state, stage.events) == (StageState.SUCCEEDED, ("execute_finished", "error"))
+
+
+@pytest.mark.parametrize(
+    ("events", "details"),
+    [
+        ([event(pb.STAGE_EVENT_KIND_ERROR), event(pb.STAGE_EVENT_KIND_UNSPECIFIED)], "events[1]"),
+        ([event(pb.STAGE_EVENT_KIND_ERROR)] * 257, "events: 257 events; expected 0-256"),
+    ],
+)
+def test_complete_stage_with_a_bad_event_is_rejected_and_does_not_complete(
+    clara_platform: MockPlatform,
+    stub: pb_grpc.StageServiceStub,
+    events: list[pb.StageEvent],
+    details: str,
+) -> None:
+    job_id = clara_platform.create_job([StageSpec("only")])
+    with pytest.raises(grpc.RpcError) as raised:
+        complete_with(stub, job_id, "r-1", *events)
+    assert raised.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert details in raised.value.details()
+    stage = clara_platform.job(job_id).stages["only"]
+    assert (stage.state, stage.reports_applied, stage.events) == (StageState.READY, 0, ())
+    # The same report, fixed, still applies: the rejected one left no trace.
+    assert complete_with(stub, job_id, "r-1").applied
 
 
 def test_health_and_reflection_are_served(clara_platform: MockPlatform) -> None:

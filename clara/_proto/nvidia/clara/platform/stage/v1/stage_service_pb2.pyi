@@ -414,6 +414,9 @@ class WatchStageRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     STAGE_FIELD_NUMBER: _builtins.int
+    INCLUDE_CONTEXT_FIELD_NUMBER: _builtins.int
+    include_context: _builtins.bool
+    """When true, the first response carries the stage's context (as GetStageContext returns it)."""
     @_builtins.property
     def stage(self) -> Global___StageRef:
         """The stage."""
@@ -422,10 +425,11 @@ class WatchStageRequest(_message.Message):
         self,
         *,
         stage: Global___StageRef | None = ...,
+        include_context: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["stage", b"stage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["stage", b"stage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["include_context", b"include_context", "stage", b"stage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -440,22 +444,30 @@ class WatchStageResponse(_message.Message):
     SIGNAL_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
+    CONTEXT_FIELD_NUMBER: _builtins.int
     signal: Global___StageSignal.ValueType
     """The signal."""
     state: Global___StageState.ValueType
     """The stage's state when the signal was sent."""
     message: _builtins.str
     """A human-readable reason, e.g. which upstream stage failed."""
+    @_builtins.property
+    def context(self) -> Global___StageContext:
+        """The stage's context: set on the first response of a stream opened with `include_context`,
+        unset on every other response.
+        """
+
     def __init__(
         self,
         *,
         signal: Global___StageSignal.ValueType = ...,
         state: Global___StageState.ValueType = ...,
         message: _builtins.str = ...,
+        context: Global___StageContext | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["context", b"context"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["message", b"message", "signal", b"signal", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "message", b"message", "signal", b"signal", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -471,6 +483,7 @@ class CompleteStageRequest(_message.Message):
     REPORT_ID_FIELD_NUMBER: _builtins.int
     OUTCOME_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
+    EVENTS_FIELD_NUMBER: _builtins.int
     report_id: _builtins.str
     """Chosen by the driver once per outcome and reused on every retry of the same report.
     1-128 characters.
@@ -483,6 +496,12 @@ class CompleteStageRequest(_message.Message):
     def stage(self) -> Global___StageRef:
         """The stage."""
 
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___StageEvent]:
+        """Progress events the driver had not reported yet (see ReportStageEvents), recorded once per
+        `report_id`: a retry of the same report does not record them twice. At most 256.
+        """
+
     def __init__(
         self,
         *,
@@ -490,10 +509,11 @@ class CompleteStageRequest(_message.Message):
         report_id: _builtins.str = ...,
         outcome: Global___StageOutcome.ValueType = ...,
         message: _builtins.str = ...,
+        events: _abc.Iterable[Global___StageEvent] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["stage", b"stage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["message", b"message", "outcome", b"outcome", "report_id", b"report_id", "stage", b"stage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events", "message", b"message", "outcome", b"outcome", "report_id", b"report_id", "stage", b"stage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -579,3 +599,82 @@ class ReportStageEventResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ReportStageEventResponse: _TypeAlias = ReportStageEventResponse  # noqa: Y015
+
+@_typing.final
+class StageEvent(_message.Message):
+    """StageEvent is one step of a driver's life-cycle."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    TIME_FIELD_NUMBER: _builtins.int
+    kind: Global___StageEventKind.ValueType
+    """What happened; UNSPECIFIED is rejected with INVALID_ARGUMENT."""
+    message: _builtins.str
+    """Details, at most 4096 characters (longer ones are truncated)."""
+    @_builtins.property
+    def time(self) -> _timestamp_pb2.Timestamp:
+        """When it happened, by the driver's clock; the platform's receive time when unset."""
+
+    def __init__(
+        self,
+        *,
+        kind: Global___StageEventKind.ValueType = ...,
+        message: _builtins.str = ...,
+        time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "message", b"message", "time", b"time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StageEvent: _TypeAlias = StageEvent  # noqa: Y015
+
+@_typing.final
+class ReportStageEventsRequest(_message.Message):
+    """ReportStageEventsRequest records a batch of life-cycle events."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STAGE_FIELD_NUMBER: _builtins.int
+    EVENTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def stage(self) -> Global___StageRef:
+        """The stage."""
+
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___StageEvent]:
+        """The events, oldest first: 1-256 of them."""
+
+    def __init__(
+        self,
+        *,
+        stage: Global___StageRef | None = ...,
+        events: _abc.Iterable[Global___StageEvent] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["stage", b"stage"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events", "stage", b"stage"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReportStageEventsRequest: _TypeAlias = ReportStageEventsRequest  # noqa: Y015
+
+@_typing.final
+class ReportStageEventsResponse(_message.Message):
+    """ReportStageEventsResponse acknowledges a batch of events."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReportStageEventsResponse: _TypeAlias = ReportStageEventsResponse  # noqa: Y015

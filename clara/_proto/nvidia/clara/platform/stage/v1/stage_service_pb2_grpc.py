@@ -58,6 +58,11 @@ class StageServiceStub:
                 request_serializer=nvidia_dot_clara_dot_platform_dot_stage_dot_v1_dot_stage__service__pb2.ReportStageEventRequest.SerializeToString,
                 response_deserializer=nvidia_dot_clara_dot_platform_dot_stage_dot_v1_dot_stage__service__pb2.ReportStageEventResponse.FromString,
                 _registered_method=True)
+        self.ReportStageEvents = channel.unary_unary(
+                '/nvidia.clara.platform.stage.v1.StageService/ReportStageEvents',
+                request_serializer=nvidia_dot_clara_dot_platform_dot_stage_dot_v1_dot_stage__service__pb2.ReportStageEventsRequest.SerializeToString,
+                response_deserializer=nvidia_dot_clara_dot_platform_dot_stage_dot_v1_dot_stage__service__pb2.ReportStageEventsResponse.FromString,
+                _registered_method=True)
 
 
 class StageServiceServicer:
@@ -78,7 +83,8 @@ class StageServiceServicer:
         """WatchStage streams the stage's signals without polling. The first message reports the
         current signal (level-triggered: a watcher that reconnects after a broken stream learns
         anything it missed), and a message follows every change. The stream ends once the stage is
-        in a terminal state.
+        in a terminal state. Asked with `include_context`, the first message also carries the
+        stage's context, so a driver learns who it is and whether it may run in one round trip.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -96,7 +102,19 @@ class StageServiceServicer:
 
     def ReportStageEvent(self, request, context):
         """ReportStageEvent records what the driver is doing, so the platform can show progress.
-        Events are informational: they never change the stage's state.
+        Events are informational: they never change the stage's state. Superseded by
+        ReportStageEvents, which carries several events in one call; kept for older drivers.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReportStageEvents(self, request, context):
+        """ReportStageEvents records a batch of the driver's progress events, in the order they
+        happened. A driver sends whatever accumulated while its previous batch was in flight, so
+        one call carries several steps of a short life-cycle. The events not yet sent when the
+        stage ends ride on CompleteStage instead. INVALID_ARGUMENT (and nothing recorded) when
+        an event is malformed or the batch holds more than 256 events.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -124,6 +142,11 @@ def add_StageServiceServicer_to_server(servicer, server):
                     servicer.ReportStageEvent,
                     request_deserializer=nvidia_dot_clara_dot_platform_dot_stage_dot_v1_dot_stage__service__pb2.ReportStageEventRequest.FromString,
                     response_serializer=nvidia_dot_clara_dot_platform_dot_stage_dot_v1_dot_stage__service__pb2.ReportStageEventResponse.SerializeToString,
+            ),
+            'ReportStageEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportStageEvents,
+                    request_deserializer=nvidia_dot_clara_dot_platform_dot_stage_dot_v1_dot_stage__service__pb2.ReportStageEventsRequest.FromString,
+                    response_serializer=nvidia_dot_clara_dot_platform_dot_stage_dot_v1_dot_stage__service__pb2.ReportStageEventsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -237,6 +260,33 @@ class StageService:
             '/nvidia.clara.platform.stage.v1.StageService/ReportStageEvent',
             nvidia_dot_clara_dot_platform_dot_stage_dot_v1_dot_stage__service__pb2.ReportStageEventRequest.SerializeToString,
             nvidia_dot_clara_dot_platform_dot_stage_dot_v1_dot_stage__service__pb2.ReportStageEventResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportStageEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nvidia.clara.platform.stage.v1.StageService/ReportStageEvents',
+            nvidia_dot_clara_dot_platform_dot_stage_dot_v1_dot_stage__service__pb2.ReportStageEventsRequest.SerializeToString,
+            nvidia_dot_clara_dot_platform_dot_stage_dot_v1_dot_stage__service__pb2.ReportStageEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -50,7 +50,8 @@ class StageServiceStub:
     """WatchStage streams the stage's signals without polling. The first message reports the
     current signal (level-triggered: a watcher that reconnects after a broken stream learns
     anything it missed), and a message follows every change. The stream ends once the stage is
-    in a terminal state.
+    in a terminal state. Asked with `include_context`, the first message also carries the
+    stage's context, so a driver learns who it is and whether it may run in one round trip.
     """
     CompleteStage: _grpc.UnaryUnaryMultiCallable[_stage_service_pb2.CompleteStageRequest, _stage_service_pb2.CompleteStageResponse]
     """CompleteStage reports the stage's outcome. It is idempotent on `report_id`: the first report
@@ -60,7 +61,15 @@ class StageServiceStub:
     """
     ReportStageEvent: _grpc.UnaryUnaryMultiCallable[_stage_service_pb2.ReportStageEventRequest, _stage_service_pb2.ReportStageEventResponse]
     """ReportStageEvent records what the driver is doing, so the platform can show progress.
-    Events are informational: they never change the stage's state.
+    Events are informational: they never change the stage's state. Superseded by
+    ReportStageEvents, which carries several events in one call; kept for older drivers.
+    """
+    ReportStageEvents: _grpc.UnaryUnaryMultiCallable[_stage_service_pb2.ReportStageEventsRequest, _stage_service_pb2.ReportStageEventsResponse]
+    """ReportStageEvents records a batch of the driver's progress events, in the order they
+    happened. A driver sends whatever accumulated while its previous batch was in flight, so
+    one call carries several steps of a short life-cycle. The events not yet sent when the
+    stage ends ride on CompleteStage instead. INVALID_ARGUMENT (and nothing recorded) when
+    an event is malformed or the batch holds more than 256 events.
     """
 
 @_typing.type_check_only
@@ -79,7 +88,8 @@ class StageServiceAsyncStub(StageServiceStub):
     """WatchStage streams the stage's signals without polling. The first message reports the
     current signal (level-triggered: a watcher that reconnects after a broken stream learns
     anything it missed), and a message follows every change. The stream ends once the stage is
-    in a terminal state.
+    in a terminal state. Asked with `include_context`, the first message also carries the
+    stage's context, so a driver learns who it is and whether it may run in one round trip.
     """
     CompleteStage: _aio.UnaryUnaryMultiCallable[_stage_service_pb2.CompleteStageRequest, _stage_service_pb2.CompleteStageResponse]  # type: ignore[assignment]
     """CompleteStage reports the stage's outcome. It is idempotent on `report_id`: the first report
@@ -89,7 +99,15 @@ class StageServiceAsyncStub(StageServiceStub):
     """
     ReportStageEvent: _aio.UnaryUnaryMultiCallable[_stage_service_pb2.ReportStageEventRequest, _stage_service_pb2.ReportStageEventResponse]  # type: ignore[assignment]
     """ReportStageEvent records what the driver is doing, so the platform can show progress.
-    Events are informational: they never change the stage's state.
+    Events are informational: they never change the stage's state. Superseded by
+    ReportStageEvents, which carries several events in one call; kept for older drivers.
+    """
+    ReportStageEvents: _aio.UnaryUnaryMultiCallable[_stage_service_pb2.ReportStageEventsRequest, _stage_service_pb2.ReportStageEventsResponse]  # type: ignore[assignment]
+    """ReportStageEvents records a batch of the driver's progress events, in the order they
+    happened. A driver sends whatever accumulated while its previous batch was in flight, so
+    one call carries several steps of a short life-cycle. The events not yet sent when the
+    stage ends ride on CompleteStage instead. INVALID_ARGUMENT (and nothing recorded) when
+    an event is malformed or the batch holds more than 256 events.
     """
 
 class StageServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -117,7 +135,8 @@ class StageServiceServicer(metaclass=_abc_1.ABCMeta):
         """WatchStage streams the stage's signals without polling. The first message reports the
         current signal (level-triggered: a watcher that reconnects after a broken stream learns
         anything it missed), and a message follows every change. The stream ends once the stage is
-        in a terminal state.
+        in a terminal state. Asked with `include_context`, the first message also carries the
+        stage's context, so a driver learns who it is and whether it may run in one round trip.
         """
 
     @_abc_1.abstractmethod
@@ -139,7 +158,21 @@ class StageServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_stage_service_pb2.ReportStageEventResponse, _abc.Awaitable[_stage_service_pb2.ReportStageEventResponse]]:
         """ReportStageEvent records what the driver is doing, so the platform can show progress.
-        Events are informational: they never change the stage's state.
+        Events are informational: they never change the stage's state. Superseded by
+        ReportStageEvents, which carries several events in one call; kept for older drivers.
+        """
+
+    @_abc_1.abstractmethod
+    def ReportStageEvents(
+        self,
+        request: _stage_service_pb2.ReportStageEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_stage_service_pb2.ReportStageEventsResponse, _abc.Awaitable[_stage_service_pb2.ReportStageEventsResponse]]:
+        """ReportStageEvents records a batch of the driver's progress events, in the order they
+        happened. A driver sends whatever accumulated while its previous batch was in flight, so
+        one call carries several steps of a short life-cycle. The events not yet sent when the
+        stage ends ride on CompleteStage instead. INVALID_ARGUMENT (and nothing recorded) when
+        an event is malformed or the batch holds more than 256 events.
         """
 
 def add_StageServiceServicer_to_server(servicer: StageServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
