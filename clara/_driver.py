@@ -232,6 +232,69 @@ class _Signals:
             self.decided.set_exception(error)
 
 
+@dataclass(frozen=True, slots=True)
+class _Started:
+    """A callback handed to the pool: its future, one that completes once it begins, and when."""
+
+    future: futures.Future[Any]
+    began: futures.Future[None]
+    at: float
+
+    @staticmethod
+    def submit(
+        executor: futures.Executor, callback: Callable[..., Any], args: tuple[Any, ...]
+    ) -> _Started:
+        began: futures.Future[None] = futures.Future()
+
+        def run() -> Any:
+            began.set_result(None)
+            return callback(*args)
+
+        return _Started(executor.submit(run), began, time.monotonic())
+
+
+class _StartOnInputsReady:
+    """Starts execute from the thread that delivers INPUTS_READY, before waking anyone else.
+
+    The watcher delivers the signal by completing ``decided``; this trigger, armed before the
+    life-cycle waits, runs in that same call and hands execute to the pool at once, and
+    ``settled`` completes only once execute has begun (or at once for any other signal), so
+    the life-cycle wakes after the operator's work started, not before it: the inputs-ready
+    path has one thread hop, not two. The life-cycle disarms the trigger when it stops
+    waiting; whichever comes first wins, so execute starts at most once.
+    """
+
+    def __init__(self, start: Callable[[], _Started], decided: futures.Future[Signal]) -> None:
+        self._start = start
+        self._lock = threading.Lock()
+        self._armed = True
+        self._started: _Started | None = None
+        self.settled: futures.Future[None] = futures.Future()
+        decided.add_done_callback(self._fire)  # runs now if the inputs are already ready
+
+    def disarm(self) -> _Started | None:
+        """Stop the trigger; return the started callback if it fired first."""
+        with self._lock:
+            self._armed = False
+            return self._started
+
+    def _fire(self, decided: futures.Future[Signal]) -> None:
+        if decided.exception() is None and decided.result().kind is SignalKind.INPUTS_READY:
+            with self._lock:
+                if self._armed:
+                    self._armed = False
+                    self._started = self._start()
+            if self._started is not None:
+                self._started.began.add_done_callback(self._settle)
+                self._started.future.add_done_callback(self._settle)  # cancelled unbegun
+                return
+        self._settle(decided)
+
+    def _settle(self, _: futures.Future[Any]) -> None:
+        with contextlib.suppress(futures.InvalidStateError):
+            self.settled.set_result(None)
+
+
 def _settle(future: futures.Future[Signal], signal: Signal) -> None:
     """Complete ``future`` unless another writer already did."""
     with contextlib.suppress(futures.InvalidStateError):
@@ -510,8 +573,10 @@ class Driver(Generic[AppData]):
             time.monotonic()
             + (timeouts.connect + timeouts.inputs + 2 * timeouts.grace).total_seconds()
         )
+        # Opened here, before the watcher's thread starts, so the round trip overlaps its start.
+        stream = link.watch(self._watch_left(), with_context=True)
         watcher = threading.Thread(
-            target=self._watch, args=(link,), name="clara-watch", daemon=True
+            target=self._watch, args=(link, stream), name="clara-watch", daemon=True
         )
         watcher.start()
         result: StageResult
@@ -586,8 +651,17 @@ class Driver(Generic[AppData]):
         self._set_state(DriverState.WAITING_FOR_INPUTS)
         self._emit(NotificationKind.WAITING_FOR_INPUTS, "waiting for upstream stages")
         if isinstance(executor, _DaemonExecutor):
-            executor.prestart()  # so execute need not wait for a thread once the inputs are ready
-        self._wait_for_first(link, [self._signals.decided], inputs_deadline)
+            executor.prestart()  # so that execute need not wait for a thread to start
+        context = self.context
+        payload = Payload(context.inputs, context.outputs)
+        trigger = None
+        if self._execute is not None:
+            trigger = _StartOnInputsReady(
+                lambda: self._begin_execute(executor, (self, payload)), self._signals.decided
+            )
+        awaited = trigger.settled if trigger is not None else self._signals.decided
+        self._wait_for_first(link, [awaited], inputs_deadline)
+        started = trigger.disarm() if trigger is not None else None
         try:
             signal = self._signals.decided.result(timeout=0)
         except futures.TimeoutError:
@@ -603,12 +677,11 @@ class Driver(Generic[AppData]):
 
         if self._execute is None:
             return StageResult(StageOutcome.SUCCEEDED, "no execute callback")
-        self._set_state(DriverState.EXECUTING)
-        context = self.context
-        payload = Payload(context.inputs, context.outputs)
-        execute_deadline = time.monotonic() + context.stage_timeout.total_seconds()
+        if started is None:  # the signal came after the trigger was disarmed: start it here
+            started = self._begin_execute(executor, (self, payload))
+        execute_deadline = started.at + context.stage_timeout.total_seconds()
         call = self._call(
-            executor, link, "execute", self._execute, (self, payload), execute_deadline
+            executor, link, "execute", self._execute, (self, payload), execute_deadline, started
         )
         if call.end is _CallEnd.SUCCEEDED:
             return StageResult(StageOutcome.SUCCEEDED, "all callbacks succeeded")
@@ -700,7 +773,10 @@ class Driver(Generic[AppData]):
             f"{timeouts.connect}",
         )
 
-    def _watch(self, link: StageLink) -> None:
+    def _watch_left(self) -> float:
+        return max(self._watch_until - time.monotonic(), 0.001)
+
+    def _watch(self, link: StageLink, first: Iterator[Signal]) -> None:
         """Connect, then feed the signal stream into ``self._signals`` until stopped.
 
         A stream that breaks is reopened (without the context) while the stage may still
@@ -708,7 +784,7 @@ class Driver(Generic[AppData]):
         first one's deadline was set before the stage timeout was known).
         """
         try:
-            stream = self._connect(link)
+            stream = self._connect(link, first)
         except ClaraError as error:
             self._signals.fail_connect(error)  # the life-cycle reports it
             return
@@ -747,15 +823,14 @@ class Driver(Generic[AppData]):
                         return
             if self._stop.is_set():
                 return
-            stream = link.watch(
-                max(self._watch_until - time.monotonic(), 0.001), with_context=False
-            )
+            stream = link.watch(self._watch_left(), with_context=False)
 
-    def _connect(self, link: StageLink) -> Iterator[Signal]:
-        """Open the signal stream until its first message arrives; return the rest of it.
+    def _connect(self, link: StageLink, opened: Iterator[Signal]) -> Iterator[Signal]:
+        """Read the signal stream until its first message arrives; return the rest of it.
 
-        Retried like an idempotent call until the connect timeout. The first message's
-        context and signal are delivered before this returns.
+        ``opened`` is the first attempt's stream; a failed attempt is retried on a new stream
+        like an idempotent call, until the connect timeout. The first message's context and
+        signal are delivered before this returns.
         """
         timeouts = self._config.timeouts
         attempts = 0
@@ -763,7 +838,7 @@ class Driver(Generic[AppData]):
         def attempt(left: float) -> tuple[Signal, Iterator[Signal]]:
             nonlocal attempts
             attempts += 1
-            stream = link.watch(max(self._watch_until - time.monotonic(), 0.001), with_context=True)
+            stream = opened if attempts == 1 else link.watch(self._watch_left(), with_context=True)
             first = next(stream, None)
             if first is None:  # stopped, or the platform ended the stream at once
                 raise InvalidArgumentError(
@@ -796,7 +871,8 @@ class Driver(Generic[AppData]):
         return stream
 
     def _receive(self, signal: Signal) -> None:
-        _log.debug("signal %s: %s", signal.kind.value, signal.message, extra=self._log_fields)
+        if _log.isEnabledFor(logging.DEBUG):
+            _log.debug("signal %s: %s", signal.kind.value, signal.message, extra=self._log_fields)
         self._signals.deliver(signal)
 
     def _call(  # noqa: PLR0917 - private; every argument is needed on each call
@@ -807,24 +883,31 @@ class Driver(Generic[AppData]):
         callback: Callable[..., Any],
         args: tuple[Any, ...],
         deadline: float,
+        started: _Started | None = None,
     ) -> _CallResult:
         """Run one callback on the pool until it returns, its deadline passes, or a cancel.
 
+        ``started`` is the callback already submitted (execute, by the inputs-ready trigger).
         Cleanup is never interrupted by cancellation: it is what runs after one; the other
         callbacks are not even started once the stage is cancelled.
         """
         if name != "cleanup" and self._signals.cancelled.done():
             return _CallResult(_CallEnd.INTERRUPTED, self._signals.cancelled.result().message)
-        started = NotificationKind[f"{name.upper()}_STARTED"]
-        finished = NotificationKind[f"{name.upper()}_FINISHED"]
-        # Hand the callback to the pool first: telling observers can wait a few microseconds,
-        # the operator's work should not (this is on the inputs-ready latency path).
-        future = executor.submit(callback, *args)
-        self._emit(started, name)
-        link.report_event(EventKind[f"{name.upper()}_STARTED"], "")
+        if started is None:
+            started = _Started.submit(executor, callback, args)
+        future = started.future
         waited: list[futures.Future[Any]] = [future]
         if name != "cleanup":
             waited.append(self._signals.cancelled)
+        # Let the callback begin before telling observers: the operator's work should not wait
+        # for the driver's bookkeeping (this is on the inputs-ready latency path).
+        futures.wait(
+            [started.began, *waited],
+            timeout=max(deadline - time.monotonic(), 0),
+            return_when=futures.FIRST_COMPLETED,
+        )
+        self._emit(NotificationKind[f"{name.upper()}_STARTED"], name)
+        link.report_event(EventKind[f"{name.upper()}_STARTED"], "")
         self._wait_for_first(link, waited, deadline)
         if not future.done():
             if self._signals.cancelled.done() and name != "cleanup":
@@ -843,13 +926,18 @@ class Driver(Generic[AppData]):
             link.report_event(EventKind.ERROR, message)
             return _CallResult(_CallEnd.FAILED, message, error)
         value = future.result()
-        self._emit(finished, f"{name} returned {value!r}")
+        self._emit(NotificationKind[f"{name.upper()}_FINISHED"], f"{name} returned {value!r}")
         link.report_event(EventKind[f"{name.upper()}_FINISHED"], repr(value))
         if value is True:
             return _CallResult(_CallEnd.SUCCEEDED)
         if value is False:
             return _CallResult(_CallEnd.FAILED, f"{name} returned False")
         return _CallResult(_CallEnd.FAILED, f"{name} returned {value!r}; expected True or False")
+
+    def _begin_execute(self, executor: futures.Executor, args: tuple[Any, ...]) -> _Started:
+        assert self._execute is not None
+        self._set_state(DriverState.EXECUTING)
+        return _Started.submit(executor, self._execute, args)
 
     @staticmethod
     def _wait_for_first(
@@ -901,7 +989,8 @@ class Driver(Generic[AppData]):
     def _set_state(self, state: DriverState) -> None:
         with self._lock:
             self._state = state
-        _log.debug("state -> %s", state.value, extra=self._log_fields)
+        if _log.isEnabledFor(logging.DEBUG):
+            _log.debug("state -> %s", state.value, extra=self._log_fields)
 
     def _on_retry(self, method: str) -> Callable[[int, PlatformError, float], None]:
         def on_retry(attempt: int, error: PlatformError, delay: float) -> None:
@@ -917,14 +1006,16 @@ class Driver(Generic[AppData]):
         self, kind: NotificationKind, message: str, error: BaseException | None = None
     ) -> None:
         """Log the event on the ``clara`` logger and hand it to the notification callback."""
-        _log.log(
-            _ERROR_LEVELS.get(kind, logging.INFO),
-            "%s: %s",
-            kind.value,
-            message,
-            extra={**self._log_fields, "event": kind.value},
-            exc_info=error if kind is NotificationKind.ERROR and error is not None else None,
-        )
+        level = _ERROR_LEVELS.get(kind, logging.INFO)
+        if _log.isEnabledFor(level):
+            _log.log(
+                level,
+                "%s: %s",
+                kind.value,
+                message,
+                extra={**self._log_fields, "event": kind.value},
+                exc_info=error if kind is NotificationKind.ERROR and error is not None else None,
+            )
         if self._notify is None:
             return
         notification = Notification(kind, message, error)

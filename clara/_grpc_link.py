@@ -59,6 +59,11 @@ _OUTCOMES = {
     StageOutcome.TIMED_OUT: pb.STAGE_OUTCOME_TIMED_OUT,
 }
 MAX_EVENT_MESSAGE = 4096
+_EVENT_KINDS = {
+    kind: pb.StageEventKind.Value(f"STAGE_EVENT_KIND_{kind.name}") for kind in EventKind
+}
+# A queued progress event: its kind (the StageEventKind value), message and time (ns).
+_QueuedEvent = tuple["pb.StageEventKind.ValueType", str, int]
 MAX_EVENTS_PER_BATCH = 256  # the contract's limit; a life-cycle queues about ten
 EVENT_TIMEOUT = 10.0
 EVENT_FLUSH_TIMEOUT = 2.0
@@ -100,7 +105,7 @@ class GrpcStageLink:
         self._events = _EventBatches(self._stub, self._ref, self._metadata)
 
     def watch(self, timeout: float, *, with_context: bool) -> Iterator[Signal]:
-        """Open WatchStage and yield signals; ends quietly after :meth:`stop_watching`.
+        """Open WatchStage now; the signals end quietly after :meth:`stop_watching`.
 
         With ``with_context``, the first message must carry the stage's context, checked
         against this link's job; the first signal yielded carries it.
@@ -113,8 +118,11 @@ class GrpcStageLink:
         with self._lock:
             if self._stopped:
                 call.cancel()  # type: ignore[no-untyped-call]  # grpc-stubs leaves it untyped
-                return
+                return iter(())
             self._watch_call = call
+        return self._signals(call, with_context=with_context)
+
+    def _signals(self, call: Any, *, with_context: bool) -> Iterator[Signal]:
         try:
             context_due = with_context
             for response in call:
@@ -208,7 +216,7 @@ class _EventBatches:
         self._ref = ref
         self._metadata = metadata
         self._lock = threading.Condition(threading.Lock())
-        self._queue: list[pb.StageEvent] = []
+        self._queue: list[_QueuedEvent] = []
         self._in_flight = False
         self._flush_requested = False  # flush() was called while a batch was in flight
         self._batches_supported = True  # False once the platform says UNIMPLEMENTED
@@ -217,12 +225,8 @@ class _EventBatches:
         self._dropped = 0
 
     def add(self, kind: EventKind, message: str) -> None:
-        now = time.time_ns()
-        event = pb.StageEvent(
-            kind=pb.StageEventKind.Value(f"STAGE_EVENT_KIND_{kind.name}"),
-            message=message[:MAX_EVENT_MESSAGE],
-            time=timestamp_pb2.Timestamp(seconds=now // 1_000_000_000, nanos=now % 1_000_000_000),
-        )
+        # Kept as plain values; messages are built once, when a call carries them.
+        event = (_EVENT_KINDS[kind], message[:MAX_EVENT_MESSAGE], time.time_ns())
         with self._lock:
             if len(self._queue) >= MAX_EVENTS_PER_BATCH:
                 self._dropped += 1
@@ -240,7 +244,7 @@ class _EventBatches:
         """The events to send with report ``report_id``: the same list on every retry."""
         with self._lock:
             if self._report is None or self._report[0] != report_id:
-                self._report = (report_id, self._queue)
+                self._report = (report_id, _to_proto(self._queue))
                 self._queue = []
             return self._report[1]
 
@@ -259,7 +263,7 @@ class _EventBatches:
                 "still in flight" if not sent else "not in flight",
             )
 
-    def _take_batch_locked(self) -> list[pb.StageEvent] | None:
+    def _take_batch_locked(self) -> list[_QueuedEvent] | None:
         if self._in_flight or self._closed or not self._batches_supported or not self._queue:
             return None
         batch, self._queue = self._queue, []
@@ -267,8 +271,8 @@ class _EventBatches:
         self._flush_requested = False
         return batch
 
-    def _send(self, batch: list[pb.StageEvent]) -> None:
-        request = pb.ReportStageEventsRequest(stage=self._ref, events=batch)
+    def _send(self, batch: list[_QueuedEvent]) -> None:
+        request = pb.ReportStageEventsRequest(stage=self._ref, events=_to_proto(batch))
         try:
             future = self._stub.ReportStageEvents.future(
                 request, timeout=EVENT_TIMEOUT, metadata=self._metadata
@@ -282,7 +286,7 @@ class _EventBatches:
             _log.debug("progress events sent without waiting for the answer")
             self._batch_ended(batch, None)
 
-    def _batch_ended(self, batch: list[pb.StageEvent], error: BaseException | None) -> None:
+    def _batch_ended(self, batch: list[_QueuedEvent], error: BaseException | None) -> None:
         """Runs on gRPC's callback thread: requeue a failed batch, send what followed it."""
         follow_up = None
         with self._lock:
@@ -318,6 +322,17 @@ def open_channel(config: DriverConfig) -> grpc.Channel:
         config.tls.credentials(),
         options=[*CHANNEL_OPTIONS, *config.tls.channel_options()],
     )
+
+
+def _to_proto(events: list[_QueuedEvent]) -> list[pb.StageEvent]:
+    return [
+        pb.StageEvent(
+            kind=kind,
+            message=message,
+            time=timestamp_pb2.Timestamp(seconds=ns // 1_000_000_000, nanos=ns % 1_000_000_000),
+        )
+        for kind, message, ns in events
+    ]
 
 
 def _failure_of(future: grpc.Future[Any]) -> BaseException | None:

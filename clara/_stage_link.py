@@ -61,7 +61,7 @@ class StageLink(Protocol):
     """What the driver needs from the platform. Methods make one attempt each."""
 
     def watch(self, timeout: float, *, with_context: bool) -> Iterator[Signal]:
-        """Open the signal stream and yield its signals until it ends.
+        """Open the signal stream (at once, or at the first ``next``) and yield its signals.
 
         With ``with_context``, the first signal carries the stage's context (or the stream
         fails with :class:`~clara.InvalidArgumentError`).
