@@ -9,9 +9,11 @@ does); a second row gives it an already-open channel, isolating the connection s
 Baseline: one StageService.GetStageContext round trip with a generated stub on an
 already-open channel to the same server. Repetitions interleave the variants.
 
-An informational row gives the protocol floor: the three calls a stage cannot do without
-(GetStageContext, WatchStage up to its INPUTS_READY message, CompleteStage), made with raw
-stubs on the open channel, with no progress events and no threads of a driver.
+Informational rows: the protocol floor, the two calls a stage cannot do without
+(WatchStage with ``include_context`` up to its first message, which carries the context and
+INPUTS_READY, then CompleteStage), made with raw stubs on the open channel, with no progress
+events and no threads of a driver; and the cost of a new connection (open a channel, make
+one unary call, close it), which the "own channel" row pays and the baseline does not.
 """
 
 from __future__ import annotations
@@ -19,9 +21,13 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import grpc
+
 import clara
 from benchmarks._common import Row, complete_request, open_stub, row, stage_ref
+from clara._grpc_link import CHANNEL_OPTIONS
 from clara._proto.nvidia.clara.platform.stage.v1 import stage_service_pb2 as pb
+from clara._proto.nvidia.clara.platform.stage.v1 import stage_service_pb2_grpc as pb_grpc
 from server_mock import MockPlatform, StageSpec
 
 TITLE = "Figure 1 - life-cycle overhead (no-op driver, start() to wait_for_completion())"
@@ -55,17 +61,26 @@ def _run_driver(platform: MockPlatform, job_id: Any, channel: Any = None) -> flo
 def _protocol_floor(stub: Any, job_id: Any) -> float:
     ref = stage_ref(job_id, "only")
     started = time.perf_counter()
-    stub.GetStageContext(pb.GetStageContextRequest(stage=ref), timeout=10)
-    stream = stub.WatchStage(pb.WatchStageRequest(stage=ref), timeout=10)
+    stream = stub.WatchStage(pb.WatchStageRequest(stage=ref, include_context=True), timeout=10)
     try:
         first = next(stream)
     finally:
         stream.cancel()
     stub.CompleteStage(complete_request(job_id, "only"), timeout=10)
     elapsed = time.perf_counter() - started
-    if first.signal != pb.STAGE_SIGNAL_INPUTS_READY:
-        raise RuntimeError(f"expected INPUTS_READY, got {first}")
+    if first.signal != pb.STAGE_SIGNAL_INPUTS_READY or not first.HasField("context"):
+        raise RuntimeError(f"expected INPUTS_READY with the context, got {first}")
     return elapsed
+
+
+def _new_connection(address: str, request: pb.GetStageContextRequest) -> float:
+    started = time.perf_counter()
+    channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+    try:
+        pb_grpc.StageServiceStub(channel).GetStageContext(request, timeout=10)
+    finally:
+        channel.close()
+    return time.perf_counter() - started
 
 
 def run(quick: bool) -> list[Row]:
@@ -75,6 +90,7 @@ def run(quick: bool) -> list[Row]:
     shared: list[float] = []
     unary: list[float] = []
     floor: list[float] = []
+    connection: list[float] = []
     with MockPlatform() as platform:
         channel, stub = open_stub(platform.address)
         try:
@@ -85,7 +101,7 @@ def run(quick: bool) -> list[Row]:
             request = pb.GetStageContextRequest(stage=stage_ref(job_ids[0], "only"))
             for rep in range(repetitions + warmup):
                 # Interleave, rotating the order so no variant always runs first.
-                order = [(rep + k) % 4 for k in range(4)]
+                order = [(rep + k) % 5 for k in range(5)]
                 samples: dict[int, float] = {}
                 for which in order:
                     if which == 0:
@@ -94,6 +110,8 @@ def run(quick: bool) -> list[Row]:
                         samples[1] = _run_driver(platform, job_ids[3 * rep + 1], channel)
                     elif which == 3:
                         samples[3] = _protocol_floor(stub, job_ids[3 * rep + 2])
+                    elif which == 4:
+                        samples[4] = _new_connection(platform.address, request)
                     else:
                         started = time.perf_counter()
                         stub.GetStageContext(request, timeout=10)
@@ -103,6 +121,7 @@ def run(quick: bool) -> list[Row]:
                     shared.append(samples[1] * 1e3)
                     unary.append(samples[2] * 1e3)
                     floor.append(samples[3] * 1e3)
+                    connection.append(samples[4] * 1e3)
         finally:
             channel.close()
     target = f"median <= {TARGET_RATIO:g}x"
@@ -130,11 +149,20 @@ def run(quick: bool) -> list[Row]:
         ),
         row(
             FIGURE,
-            "protocol floor: raw context+watch+complete",
+            "protocol floor: raw watch(+context)+complete",
             "ms",
             floor,
             baseline=baseline,
             base_samples=unary,
             note="what any driver must wait for; no target",
+        ),
+        row(
+            FIGURE,
+            "new connection: channel+1 call+close",
+            "ms",
+            connection,
+            baseline=baseline,
+            base_samples=unary,
+            note="paid by the 'own channel' row only; no target",
         ),
     ]

@@ -69,6 +69,9 @@ class DriverTimeouts:
         grace: How long cleanup (and a callback past its deadline) may take before the driver
             stops waiting for it.
         rpc: The deadline of one unary call to the platform.
+        progress_linger: How long progress events may wait to share one call: a step that
+            ends sooner costs no call of its own (its events go with the next batch or with
+            the outcome report); a step that takes longer shows on the platform while it runs.
     """
 
     connect: timedelta = timedelta(seconds=600)
@@ -76,9 +79,10 @@ class DriverTimeouts:
     report: timedelta = timedelta(seconds=60)
     grace: timedelta = timedelta(seconds=15)
     rpc: timedelta = timedelta(seconds=10)
+    progress_linger: timedelta = timedelta(milliseconds=50)
 
     def __post_init__(self) -> None:
-        for name in ("connect", "inputs", "report", "grace", "rpc"):
+        for name in ("connect", "inputs", "report", "grace", "rpc", "progress_linger"):
             value = getattr(self, name)
             if not isinstance(value, timedelta) or value <= timedelta(0):
                 raise ConfigurationError(f"DriverTimeouts.{name}", value, "must be a timedelta > 0")

@@ -68,7 +68,6 @@ CleanupCallback = Callable[["Driver[Any]"], bool]
 NotifyCallback = Callable[["Driver[Any]", Notification], None]
 
 _DEFAULT_WORKERS = 4
-EVENT_LINGER = 0.05  # seconds a progress event may wait for others to share its call
 _ERROR_LEVELS = {
     NotificationKind.ERROR: logging.ERROR,
     NotificationKind.TIMED_OUT: logging.WARNING,
@@ -605,12 +604,12 @@ class Driver(Generic[AppData]):
             result = StageResult(StageOutcome.FAILED, f"driver error: {error!r}", error)
             self._emit(NotificationKind.ERROR, result.message, error)
 
-        self._set_state(DriverState.CLEANING_UP)
-        result = self._run_cleanup(executor, link, result)
-        # Nothing the stream says can change the outcome now: let the watcher end while the
-        # report is in flight.
+        # Nothing the stream says can change the outcome now (cleanup is never interrupted):
+        # let the watcher wind down while cleanup runs and the report is in flight.
         self._stop.set()
         link.stop_watching()
+        self._set_state(DriverState.CLEANING_UP)
+        result = self._run_cleanup(executor, link, result)
         if self._config.standalone:
             _log.info(
                 "standalone: outcome %s not reported", result.outcome.value, extra=self._log_fields
@@ -939,19 +938,21 @@ class Driver(Generic[AppData]):
         self._set_state(DriverState.EXECUTING)
         return _Started.submit(executor, self._execute, args)
 
-    @staticmethod
     def _wait_for_first(
-        link: StageLink, waited: list[futures.Future[Any]], deadline: float
+        self, link: StageLink, waited: list[futures.Future[Any]], deadline: float
     ) -> None:
         """Wait until one of ``waited`` is done or ``deadline`` passes.
 
-        Progress events linger: a step that ends within ``EVENT_LINGER`` costs no call, and
+        Progress events linger: a step that ends within ``progress_linger`` costs no call, and
         its events go out with the next batch or with the outcome report. A step that takes
         longer sends what is queued then, so the platform shows it while it runs.
         """
         done, _ = futures.wait(
             waited,
-            timeout=min(EVENT_LINGER, max(deadline - time.monotonic(), 0)),
+            timeout=min(
+                self._config.timeouts.progress_linger.total_seconds(),
+                max(deadline - time.monotonic(), 0),
+            ),
             return_when=futures.FIRST_COMPLETED,
         )
         if done:

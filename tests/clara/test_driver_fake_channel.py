@@ -304,3 +304,58 @@ def test_a_stream_that_fails_before_the_context_is_retried_as_connecting(
     retry = next(n for n in notes if n.kind is clara.NotificationKind.CONNECT_RETRY)
     assert retry.message.startswith("WatchStage attempt 1 failed (UNAVAILABLE)")
     watch.terminate((), grpc.StatusCode.OK, "")
+
+
+def test_a_stream_past_its_deadline_is_renewed_without_alarm(
+    channel: grpc_testing.Channel, started: list[clara.Driver[Any]]
+) -> None:
+    waiting = threading.Event()
+    notes: list[clara.Notification] = []
+
+    def notify(driver: clara.Driver[Any], note: clara.Notification) -> None:
+        notes.append(note)
+        if note.kind is clara.NotificationKind.WAITING_FOR_INPUTS:
+            waiting.set()
+
+    driver = new_driver(channel, started, execute=lambda d, p: True, notify=notify)
+    driver.start()
+    first = serve_watch(channel, pb.STAGE_SIGNAL_WAITING)
+    assert waiting.wait(WAIT)
+    # The first stream was opened before the stage timeout was known; its deadline passes.
+    first.terminate((), grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")
+    _, renewed, second = channel.take_unary_stream(WATCH)
+    assert not renewed.include_context
+    second.send_response(pb.WatchStageResponse(signal=pb.STAGE_SIGNAL_INPUTS_READY))
+    _, _, rpc = channel.take_unary_unary(COMPLETE)
+    rpc.terminate(
+        pb.CompleteStageResponse(state=pb.STAGE_STATE_SUCCEEDED, applied=True),
+        (),
+        grpc.StatusCode.OK,
+        "",
+    )
+    assert driver.wait_for_completion(WAIT).succeeded
+    kinds = [n.kind for n in notes]
+    assert clara.NotificationKind.STREAM_RECONNECTING not in kinds
+    assert clara.NotificationKind.ERROR not in kinds
+    second.terminate((), grpc.StatusCode.OK, "")
+
+
+def test_a_platform_that_never_sends_the_context_fails_the_stage_at_the_connect_timeout(
+    channel: grpc_testing.Channel, started: list[clara.Driver[Any]]
+) -> None:
+    cleaned: list[bool] = []
+    driver = new_driver(
+        channel,
+        started,
+        cleanup=lambda d: cleaned.append(True) is None,
+        timeouts=clara.DriverTimeouts(connect=timedelta(seconds=0.3), grace=timedelta(seconds=0.2)),
+    )
+    driver.start()
+    _, _, watch = channel.take_unary_stream(WATCH)  # accepted, never answered
+    result = driver.wait_for_completion(WAIT)
+    assert result.outcome is clara.StageOutcome.FAILED
+    assert isinstance(result.error, clara.DeadlineExceededError)
+    assert "fake:1 sent no stage context within 0:00:00.300000" in result.message
+    assert not result.reported
+    assert cleaned == [True]
+    watch.cancelled()  # returns once the driver has cancelled the stream
