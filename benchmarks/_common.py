@@ -227,6 +227,9 @@ def _serve(conn: multiprocessing.connection.Connection, workspace: str) -> None:
                     StageSpec(f"s{i}", inputs=(InputRef("/in", "root"),)) for i in range(n)
                 ]
                 conn.send(platform.create_job(specs, name=f"fan-out-{n}"))
+            elif command == "single":  # n jobs of one stage, "only"
+                (n,) = args
+                conn.send([platform.create_job([StageSpec("only")]) for _ in range(n)])
             elif command == "threads":
                 conn.send(threading.active_count())
             elif command == "cancel":

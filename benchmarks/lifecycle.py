@@ -9,7 +9,9 @@ does); a second row gives it an already-open channel, isolating the connection s
 Baseline: one StageService.GetStageContext round trip with a generated stub on an
 already-open channel to the same server. Repetitions interleave the variants.
 
-Informational rows: the protocol floor, the two calls a stage cannot do without
+Informational rows: the same driver life-cycle and unary round trip against a mock platform
+running in its own process (as in a deployment, where the platform never shares the
+operator's interpreter and its GIL); the protocol floor, the two calls a stage cannot do without
 (WatchStage with ``include_context`` up to its first message, which carries the context and
 INPUTS_READY, then CompleteStage), made with raw stubs on the open channel, with no progress
 events and no threads of a driver; and the cost of a new connection (open a channel, make
@@ -24,7 +26,14 @@ from typing import Any
 import grpc
 
 import clara
-from benchmarks._common import Row, complete_request, open_stub, row, stage_ref
+from benchmarks._common import (
+    Row,
+    ServerProcess,
+    complete_request,
+    open_stub,
+    row,
+    stage_ref,
+)
 from clara._grpc_link import CHANNEL_OPTIONS
 from clara._proto.nvidia.clara.platform.stage.v1 import stage_service_pb2 as pb
 from clara._proto.nvidia.clara.platform.stage.v1 import stage_service_pb2_grpc as pb_grpc
@@ -39,12 +48,12 @@ def _noop(driver: clara.Driver[Any], *args: Any) -> bool:
     return True
 
 
-def _run_driver(platform: MockPlatform, job_id: Any, channel: Any = None) -> float:
+def _run_driver(address: str, job_id: Any, channel: Any = None) -> float:
     driver: clara.Driver[Any] = clara.Driver(
         prepare=_noop,
         execute=_noop,
         cleanup=_noop,
-        target=platform.address,
+        target=address,
         job_id=job_id,
         stage_name="only",
         channel=channel,
@@ -83,6 +92,29 @@ def _new_connection(address: str, request: pb.GetStageContextRequest) -> float:
     return time.perf_counter() - started
 
 
+def _against_another_process(repetitions: int, warmup: int) -> tuple[list[float], list[float]]:
+    """Driver life-cycles (given channel) and unary round trips, interleaved, to a mock
+    platform in a subprocess."""
+    lifecycles: list[float] = []
+    unary: list[float] = []
+    with ServerProcess() as server:
+        channel, stub = open_stub(server.address)
+        try:
+            job_ids = server.ask("single", repetitions + warmup)
+            request = pb.GetStageContextRequest(stage=stage_ref(job_ids[0], "only"))
+            for rep, job_id in enumerate(job_ids):
+                lifecycle = _run_driver(server.address, job_id, channel)
+                started = time.perf_counter()
+                stub.GetStageContext(request, timeout=10)
+                rtt = time.perf_counter() - started
+                if rep >= warmup:
+                    lifecycles.append(lifecycle * 1e3)
+                    unary.append(rtt * 1e3)
+        finally:
+            channel.close()
+    return lifecycles, unary
+
+
 def run(quick: bool) -> list[Row]:
     repetitions = 40 if quick else 300
     warmup = 5
@@ -105,9 +137,9 @@ def run(quick: bool) -> list[Row]:
                 samples: dict[int, float] = {}
                 for which in order:
                     if which == 0:
-                        samples[0] = _run_driver(platform, job_ids[3 * rep])
+                        samples[0] = _run_driver(platform.address, job_ids[3 * rep])
                     elif which == 1:
-                        samples[1] = _run_driver(platform, job_ids[3 * rep + 1], channel)
+                        samples[1] = _run_driver(platform.address, job_ids[3 * rep + 1], channel)
                     elif which == 3:
                         samples[3] = _protocol_floor(stub, job_ids[3 * rep + 2])
                     elif which == 4:
@@ -124,6 +156,7 @@ def run(quick: bool) -> list[Row]:
                     connection.append(samples[4] * 1e3)
         finally:
             channel.close()
+    apart, apart_unary = _against_another_process(repetitions, warmup)
     target = f"median <= {TARGET_RATIO:g}x"
     baseline = "unary RTT (GetStageContext)"
     return [
@@ -146,6 +179,15 @@ def run(quick: bool) -> list[Row]:
             base_samples=unary,
             target=target,
             check=lambda r: r.ratio <= TARGET_RATIO,
+        ),
+        row(
+            FIGURE,
+            "driver life-cycle, mock in its own process",
+            "ms",
+            apart,
+            baseline="unary RTT to that process",
+            base_samples=apart_unary,
+            note="given open channel; the deployment's shape: no GIL shared with the platform",
         ),
         row(
             FIGURE,

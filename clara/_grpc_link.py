@@ -18,6 +18,7 @@ from typing import Any
 
 import grpc
 from google.protobuf import timestamp_pb2
+from grpc.experimental import ChannelOptions
 
 from clara._config import DriverConfig
 from clara._context import StageContext
@@ -42,6 +43,9 @@ CHANNEL_OPTIONS: list[tuple[str, int | str]] = [
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.primary_user_agent", "clara-stage-driver"),
+    # The watcher's thread reads WatchStage itself, so the stream needs no helper thread of
+    # gRPC's (one thread start less per driver). Experimental in name, in grpcio since 1.29.
+    (ChannelOptions.SingleThreadedUnaryStream, 1),
 ]
 
 
