@@ -9,7 +9,8 @@ does); a second row gives it an already-open channel, isolating the connection s
 Baseline: one StageService.GetStageContext round trip with a generated stub on an
 already-open channel to the same server. Repetitions interleave the variants.
 
-Informational rows: the same driver life-cycle and unary round trip against a mock platform
+Informational rows: the driver alone (a standalone no-op life-cycle: its threads and
+bookkeeping, no platform); the same driver life-cycle and unary round trip against a mock platform
 running in its own process (as in a deployment, where the platform never shares the
 operator's interpreter and its GIL); the protocol floor, the two calls a stage cannot do without
 (WatchStage with ``include_context`` up to its first message, which carries the context and
@@ -21,6 +22,7 @@ one unary call, close it), which the "own channel" row pays and the baseline doe
 from __future__ import annotations
 
 import time
+import uuid
 from typing import Any
 
 import grpc
@@ -64,6 +66,25 @@ def _run_driver(address: str, job_id: Any, channel: Any = None) -> float:
     elapsed = time.perf_counter() - started
     if not (result.succeeded and result.reported):
         raise RuntimeError(f"the no-op driver did not succeed: {result}")
+    return elapsed
+
+
+def _run_standalone() -> float:
+    driver: clara.Driver[Any] = clara.Driver(
+        prepare=_noop,
+        execute=_noop,
+        cleanup=_noop,
+        standalone=True,
+        job_id=uuid.uuid4(),
+        stage_name="only",
+        environ={},
+    )
+    started = time.perf_counter()
+    driver.start()
+    result = driver.wait_for_completion(30)
+    elapsed = time.perf_counter() - started
+    if not result.succeeded:
+        raise RuntimeError(f"the standalone no-op driver did not succeed: {result}")
     return elapsed
 
 
@@ -123,6 +144,7 @@ def run(quick: bool) -> list[Row]:
     unary: list[float] = []
     floor: list[float] = []
     connection: list[float] = []
+    alone: list[float] = []
     with MockPlatform() as platform:
         channel, stub = open_stub(platform.address)
         try:
@@ -133,7 +155,7 @@ def run(quick: bool) -> list[Row]:
             request = pb.GetStageContextRequest(stage=stage_ref(job_ids[0], "only"))
             for rep in range(repetitions + warmup):
                 # Interleave, rotating the order so no variant always runs first.
-                order = [(rep + k) % 5 for k in range(5)]
+                order = [(rep + k) % 6 for k in range(6)]
                 samples: dict[int, float] = {}
                 for which in order:
                     if which == 0:
@@ -144,6 +166,8 @@ def run(quick: bool) -> list[Row]:
                         samples[3] = _protocol_floor(stub, job_ids[3 * rep + 2])
                     elif which == 4:
                         samples[4] = _new_connection(platform.address, request)
+                    elif which == 5:
+                        samples[5] = _run_standalone()
                     else:
                         started = time.perf_counter()
                         stub.GetStageContext(request, timeout=10)
@@ -154,6 +178,7 @@ def run(quick: bool) -> list[Row]:
                     unary.append(samples[2] * 1e3)
                     floor.append(samples[3] * 1e3)
                     connection.append(samples[4] * 1e3)
+                    alone.append(samples[5] * 1e3)
         finally:
             channel.close()
     apart, apart_unary = _against_another_process(repetitions, warmup)
@@ -179,6 +204,15 @@ def run(quick: bool) -> list[Row]:
             base_samples=unary,
             target=target,
             check=lambda r: r.ratio <= TARGET_RATIO,
+        ),
+        row(
+            FIGURE,
+            "driver alone: standalone no-op life-cycle",
+            "ms",
+            alone,
+            baseline=baseline,
+            base_samples=unary,
+            note="the driver's threads and bookkeeping, no platform calls; no target",
         ),
         row(
             FIGURE,

@@ -649,7 +649,7 @@ class Driver(Generic[AppData]):
 
         self._set_state(DriverState.WAITING_FOR_INPUTS)
         self._emit(NotificationKind.WAITING_FOR_INPUTS, "waiting for upstream stages")
-        if isinstance(executor, _DaemonExecutor):
+        if self._execute is not None and isinstance(executor, _DaemonExecutor):
             executor.prestart()  # so that execute need not wait for a thread to start
         context = self.context
         payload = Payload(context.inputs, context.outputs)
