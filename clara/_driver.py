@@ -761,9 +761,9 @@ class Driver(Generic[AppData]):
         )
         if self._signals.context.done():
             return self._signals.context.result()
-        if self._interrupted.is_set():
-            raise DeadlineExceededError(
-                "WatchStage", grpc.StatusCode.CANCELLED, "connecting was interrupted"
+        if self._interrupted.is_set():  # the life-cycle turns this into CANCELLED
+            raise PlatformError(
+                "WatchStage", grpc.StatusCode.CANCELLED, "connecting was interrupted by SIGTERM"
             )
         raise DeadlineExceededError(
             "WatchStage",
@@ -775,15 +775,15 @@ class Driver(Generic[AppData]):
     def _watch_left(self) -> float:
         return max(self._watch_until - time.monotonic(), 0.001)
 
-    def _watch(self, link: StageLink, first: Iterator[Signal]) -> None:
+    def _watch(self, link: StageLink, opened: Iterator[Signal]) -> None:
         """Connect, then feed the signal stream into ``self._signals`` until stopped.
 
         A stream that breaks is reopened (without the context) while the stage may still
-        change; a stream whose deadline passes while the stage still runs is renewed (the
-        first one's deadline was set before the stage timeout was known).
+        change; a stream whose deadline passes while the stage still runs is renewed the same
+        way, quietly (the first one's deadline was set before the stage timeout was known).
         """
         try:
-            stream = self._connect(link, first)
+            stream = self._connect(link, opened)
         except ClaraError as error:
             self._signals.fail_connect(error)  # the life-cycle reports it
             return
@@ -799,29 +799,31 @@ class Driver(Generic[AppData]):
             except PlatformError as error:
                 if self._stop.is_set():
                     return
-                left = self._watch_until - time.monotonic()
-                if error.code is grpc.StatusCode.DEADLINE_EXCEEDED and left > 0:
-                    _log.debug("renewing the signal stream", extra=self._log_fields)
-                else:
-                    transient = error.code in (
-                        grpc.StatusCode.UNAVAILABLE,
-                        grpc.StatusCode.RESOURCE_EXHAUSTED,
+                transient = error.code in (
+                    grpc.StatusCode.UNAVAILABLE,
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                )
+                if not transient or time.monotonic() >= self._watch_until:
+                    self._emit(NotificationKind.ERROR, f"signal stream failed: {error}", error)
+                    self._signals.fail(error)
+                    return
+                attempt += 1
+                delay = config.retry.delay(attempt)  # backoff even for a renewal: never a spin
+                if error.code is grpc.StatusCode.DEADLINE_EXCEEDED:
+                    _log.debug(
+                        "the signal stream reached its deadline; renewing in %.2f s",
+                        delay,
+                        extra=self._log_fields,
                     )
-                    if not transient or left <= 0:
-                        self._emit(NotificationKind.ERROR, f"signal stream failed: {error}", error)
-                        self._signals.fail(error)
-                        return
-                    attempt += 1
-                    delay = config.retry.delay(attempt)
+                else:
                     self._emit(
                         NotificationKind.STREAM_RECONNECTING,
                         f"attempt {attempt}: {error}; reconnecting in {delay:.2f} s",
                         error,
                     )
-                    if self._stop.wait(delay):
-                        return
-            if self._stop.is_set():
-                return
+                if self._stop.wait(delay):
+                    return
             stream = link.watch(self._watch_left(), with_context=False)
 
     def _connect(self, link: StageLink, opened: Iterator[Signal]) -> Iterator[Signal]:

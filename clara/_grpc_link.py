@@ -301,6 +301,12 @@ class _EventBatches:
                     self._dropped += len(batch)
                 else:
                     self._queue[:0] = batch
+                    # Never more than one call may carry (CompleteStage included): drop the
+                    # oldest rather than have the outcome report refused.
+                    overflow = len(self._queue) - MAX_EVENTS_PER_BATCH
+                    if overflow > 0:
+                        del self._queue[:overflow]
+                        self._dropped += overflow
                     if (
                         isinstance(error, grpc.Call)
                         and error.code() is grpc.StatusCode.UNIMPLEMENTED
