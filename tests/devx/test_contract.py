@@ -93,14 +93,14 @@ def test_the_check_catches_a_removed_rpc(buf: str, tmp_path: Path) -> None:
     module = copy_module(tmp_path)
     proto = module / STAGE_PROTO
     lines = proto.read_text().splitlines(keepends=True)
-    kept = [line for line in lines if not line.lstrip().startswith("rpc ReportStageEvent(")]
+    kept = [line for line in lines if not line.lstrip().startswith("rpc CompleteStage(")]
     assert len(kept) == len(lines) - 1, "the test's RPC moved; pick another one"
     proto.write_text("".join(kept))
 
     proc = breaking(buf, module)
 
     assert proc.returncode != 0
-    assert '"ReportStageEvent"' in proc.stdout
+    assert '"CompleteStage"' in proc.stdout
 
 
 @pytest.mark.parametrize(

@@ -13,6 +13,7 @@ from collections import abc as _abc
 from grpc import aio as _aio
 from clara._proto.nvidia.clara.platform.stage.v1 import stage_service_pb2 as _stage_service_pb2
 import abc as _abc_1
+import builtins as _builtins
 import grpc as _grpc
 import sys
 import typing as _typing
@@ -21,6 +22,11 @@ if sys.version_info >= (3, 11):
     from typing import Self as _Self
 else:
     from typing_extensions import Self as _Self
+
+if sys.version_info >= (3, 13):
+    from warnings import deprecated as _deprecated
+else:
+    from typing_extensions import deprecated as _deprecated
 
 _T = _typing.TypeVar("_T")
 
@@ -59,11 +65,13 @@ class StageServiceStub:
     the same answer and never applied twice; a report with another id is answered with the
     state in force and `applied = false`.
     """
-    ReportStageEvent: _grpc.UnaryUnaryMultiCallable[_stage_service_pb2.ReportStageEventRequest, _stage_service_pb2.ReportStageEventResponse]
-    """ReportStageEvent records what the driver is doing, so the platform can show progress.
-    Events are informational: they never change the stage's state. Superseded by
-    ReportStageEvents, which carries several events in one call; kept for older drivers.
-    """
+    @_builtins.property
+    @_deprecated("""This method has been marked as deprecated using proto method options.""")
+    def ReportStageEvent(self) -> _grpc.UnaryUnaryMultiCallable[_stage_service_pb2.ReportStageEventRequest, _stage_service_pb2.ReportStageEventResponse]:
+        """ReportStageEvent records what the driver is doing, so the platform can show progress.
+        Events are informational: they never change the stage's state. Superseded by
+        ReportStageEvents, which carries several events in one call; kept for older drivers.
+        """
     ReportStageEvents: _grpc.UnaryUnaryMultiCallable[_stage_service_pb2.ReportStageEventsRequest, _stage_service_pb2.ReportStageEventsResponse]
     """ReportStageEvents records a batch of the driver's progress events, in the order they
     happened. A driver sends whatever accumulated while its previous batch was in flight, so
@@ -97,11 +105,13 @@ class StageServiceAsyncStub(StageServiceStub):
     the same answer and never applied twice; a report with another id is answered with the
     state in force and `applied = false`.
     """
-    ReportStageEvent: _aio.UnaryUnaryMultiCallable[_stage_service_pb2.ReportStageEventRequest, _stage_service_pb2.ReportStageEventResponse]  # type: ignore[assignment]
-    """ReportStageEvent records what the driver is doing, so the platform can show progress.
-    Events are informational: they never change the stage's state. Superseded by
-    ReportStageEvents, which carries several events in one call; kept for older drivers.
-    """
+    @_builtins.property
+    @_deprecated("""This method has been marked as deprecated using proto method options.""")
+    def ReportStageEvent(self) -> _aio.UnaryUnaryMultiCallable[_stage_service_pb2.ReportStageEventRequest, _stage_service_pb2.ReportStageEventResponse]:  # type: ignore[override]
+        """ReportStageEvent records what the driver is doing, so the platform can show progress.
+        Events are informational: they never change the stage's state. Superseded by
+        ReportStageEvents, which carries several events in one call; kept for older drivers.
+        """
     ReportStageEvents: _aio.UnaryUnaryMultiCallable[_stage_service_pb2.ReportStageEventsRequest, _stage_service_pb2.ReportStageEventsResponse]  # type: ignore[assignment]
     """ReportStageEvents records a batch of the driver's progress events, in the order they
     happened. A driver sends whatever accumulated while its previous batch was in flight, so
@@ -151,6 +161,7 @@ class StageServiceServicer(metaclass=_abc_1.ABCMeta):
         state in force and `applied = false`.
         """
 
+    @_deprecated("""ReportStageEvent records what the driver is doing, so the platform can show progress.\nEvents are informational: they never change the stage's state. Superseded by\nReportStageEvents, which carries several events in one call; kept for older drivers.""")
     @_abc_1.abstractmethod
     def ReportStageEvent(
         self,
