@@ -50,6 +50,7 @@ SERVER_OPTIONS: list[tuple[str, int]] = [
     ("grpc.keepalive_permit_without_calls", 1),
 ]
 DEFAULT_CALL_TIMEOUT = 30.0
+_TASK_CANCEL_WAIT = 5.0  # seconds cancelled tasks get to end when the platform stops
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +97,21 @@ def snapshot(job: Job) -> JobSnapshot:
             for name, stage in job.stages.items()
         },
     )
+
+
+async def _cancel_pending_tasks() -> None:
+    current = asyncio.current_task()
+    pending = [task for task in asyncio.all_tasks() if task is not current]
+    for task in pending:
+        task.cancel()
+    if pending:
+        _, still = await asyncio.wait(pending, timeout=_TASK_CANCEL_WAIT)
+        if still:
+            _log.warning(
+                "%d task(s) did not end within %s s of being cancelled",
+                len(still),
+                _TASK_CANCEL_WAIT,
+            )
 
 
 class MockPlatform:
@@ -308,6 +324,14 @@ class MockPlatform:
         self._loop, self._thread = None, None
         if loop is None:
             return
+        if loop.is_running():
+            # As asyncio.run does: cancel what is still pending (a handler the server did not
+            # end, a waiter), so no task is destroyed pending when the loop closes.
+            ended = asyncio.run_coroutine_threadsafe(_cancel_pending_tasks(), loop)
+            try:
+                ended.result(_TASK_CANCEL_WAIT + 5)
+            except (concurrent.futures.TimeoutError, RuntimeError) as error:
+                _log.warning("tasks still pending when the platform stopped: %r", error)
         loop.call_soon_threadsafe(loop.stop)
         if thread is not None:
             thread.join(10)
