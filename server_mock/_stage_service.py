@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 import re
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import TypeVar
 
 import grpc
 from google.protobuf import duration_pb2, timestamp_pb2
@@ -28,6 +29,7 @@ from server_mock._jobs import (
 __all__ = ["StageService"]
 
 _log = logging.getLogger("server_mock.stage")
+_T = TypeVar("_T")
 
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,255}")
 _REPORT_ID = re.compile(r"[\x21-\x7e]{1,128}")
@@ -131,6 +133,17 @@ def _context_of(job: Job, stage: Stage) -> pb.StageContext:
         state=_STATES[stage.state],
         variables=dict(spec.variables),
     )
+
+
+async def _checked(
+    context: grpc.aio.ServicerContext[object, object], check: Callable[[], _T]
+) -> _T:
+    """Return ``check()``; abort the call with INVALID_ARGUMENT when an event is malformed."""
+    try:
+        return check()
+    except _InvalidEventError as error:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        raise AssertionError("unreachable: abort raises") from None
 
 
 def _signal_of(stage: Stage) -> pb.StageSignal.ValueType:
@@ -266,11 +279,7 @@ class StageService(pb_grpc.StageServiceServicer):
                 f"outcome: {request.outcome} is not a valid StageOutcome",
             )
             raise AssertionError("unreachable: abort raises")
-        try:
-            events = _event_reports(request.events, minimum=0)
-        except _InvalidEventError as error:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
-            raise AssertionError("unreachable: abort raises") from None
+        events = await _checked(context, lambda: _event_reports(request.events, minimum=0))
         job, stage = await self._resolve(request.stage, context)
         if job.state is JobState.CREATED:
             await context.abort(
@@ -306,16 +315,10 @@ class StageService(pb_grpc.StageServiceServicer):
         context: grpc.aio.ServicerContext[object, object],
     ) -> pb.ReportStageEventResponse:
         """Record a driver's progress event."""
-        try:
-            event = _event_report(
-                request.kind,
-                request.message,
-                request.time if request.HasField("time") else None,
-                field="",
-            )
-        except _InvalidEventError as error:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
-            raise AssertionError("unreachable: abort raises") from None
+        at = request.time if request.HasField("time") else None
+        event = await _checked(
+            context, lambda: _event_report(request.kind, request.message, at, field="")
+        )
         job, stage = await self._resolve(request.stage, context)
         job.record_events(stage.spec.name, [event])
         return pb.ReportStageEventResponse()
@@ -326,11 +329,7 @@ class StageService(pb_grpc.StageServiceServicer):
         context: grpc.aio.ServicerContext[object, object],
     ) -> pb.ReportStageEventsResponse:
         """Record a batch of a driver's progress events: all of them, or none if one is bad."""
-        try:
-            events = _event_reports(request.events, minimum=1)
-        except _InvalidEventError as error:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
-            raise AssertionError("unreachable: abort raises") from None
+        events = await _checked(context, lambda: _event_reports(request.events, minimum=1))
         job, stage = await self._resolve(request.stage, context)
         job.record_events(stage.spec.name, events)
         return pb.ReportStageEventsResponse()

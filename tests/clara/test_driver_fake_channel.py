@@ -85,6 +85,18 @@ def serve_watch(
     return watch
 
 
+def acknowledge(
+    rpc: grpc_testing.UnaryUnaryChannelRpc,
+    state: pb.StageState.ValueType,
+    *,
+    applied: bool = True,
+) -> None:
+    """Answer the driver's CompleteStage with ``state``."""
+    rpc.terminate(
+        pb.CompleteStageResponse(state=state, applied=applied), (), grpc.StatusCode.OK, ""
+    )
+
+
 def test_happy_path_order_and_single_report(
     channel: grpc_testing.Channel, started: list[clara.Driver[Any]]
 ) -> None:
@@ -117,12 +129,7 @@ def test_happy_path_order_and_single_report(
     assert calls == ["prepare", "execute /in -> /out", "cleanup"]
     assert report.outcome == pb.STAGE_OUTCOME_SUCCEEDED
     assert report.report_id
-    rpc.terminate(
-        pb.CompleteStageResponse(state=pb.STAGE_STATE_SUCCEEDED, applied=True),
-        (),
-        grpc.StatusCode.OK,
-        "",
-    )
+    acknowledge(rpc, pb.STAGE_STATE_SUCCEEDED)
     result = driver.wait_for_completion(WAIT)
     assert result.succeeded and result.reported
     watch.terminate((), grpc.StatusCode.OK, "")
@@ -197,12 +204,7 @@ def test_broken_stream_reconnects_and_does_not_lose_the_signal(
     second.send_response(pb.WatchStageResponse(signal=pb.STAGE_SIGNAL_INPUTS_READY))
     _, _, rpc = channel.take_unary_unary(COMPLETE)
     assert executed.is_set()
-    rpc.terminate(
-        pb.CompleteStageResponse(state=pb.STAGE_STATE_SUCCEEDED, applied=True),
-        (),
-        grpc.StatusCode.OK,
-        "",
-    )
+    acknowledge(rpc, pb.STAGE_STATE_SUCCEEDED)
     assert driver.wait_for_completion(WAIT).succeeded
     assert clara.NotificationKind.STREAM_RECONNECTING in [n.kind for n in notes]
     second.terminate((), grpc.StatusCode.OK, "")
@@ -220,12 +222,7 @@ def test_upstream_failure_signal_cancels_without_executing(
     _, report, rpc = channel.take_unary_unary(COMPLETE)
     assert report.outcome == pb.STAGE_OUTCOME_CANCELLED
     assert "upstream stage up failed" in report.message
-    rpc.terminate(
-        pb.CompleteStageResponse(state=pb.STAGE_STATE_CANCELLED, applied=False),
-        (),
-        grpc.StatusCode.OK,
-        "",
-    )
+    acknowledge(rpc, pb.STAGE_STATE_CANCELLED, applied=False)
     result = driver.wait_for_completion(WAIT)
     assert result.outcome is clara.StageOutcome.CANCELLED
     assert executed == []
@@ -289,12 +286,7 @@ def test_a_stream_that_fails_before_the_context_is_retried_as_connecting(
     watch = serve_watch(channel, pb.STAGE_SIGNAL_INPUTS_READY)  # asks for the context again
     _, report, rpc = channel.take_unary_unary(COMPLETE)
     assert report.outcome == pb.STAGE_OUTCOME_SUCCEEDED
-    rpc.terminate(
-        pb.CompleteStageResponse(state=pb.STAGE_STATE_SUCCEEDED, applied=True),
-        (),
-        grpc.StatusCode.OK,
-        "",
-    )
+    acknowledge(rpc, pb.STAGE_STATE_SUCCEEDED)
     assert driver.wait_for_completion(WAIT).reported
     kinds = [n.kind for n in notes]
     assert kinds.index(clara.NotificationKind.CONNECT_RETRY) < kinds.index(
@@ -327,12 +319,7 @@ def test_a_stream_past_its_deadline_is_renewed_without_alarm(
     assert not renewed.include_context
     second.send_response(pb.WatchStageResponse(signal=pb.STAGE_SIGNAL_INPUTS_READY))
     _, _, rpc = channel.take_unary_unary(COMPLETE)
-    rpc.terminate(
-        pb.CompleteStageResponse(state=pb.STAGE_STATE_SUCCEEDED, applied=True),
-        (),
-        grpc.StatusCode.OK,
-        "",
-    )
+    acknowledge(rpc, pb.STAGE_STATE_SUCCEEDED)
     assert driver.wait_for_completion(WAIT).succeeded
     kinds = [n.kind for n in notes]
     assert clara.NotificationKind.STREAM_RECONNECTING not in kinds
