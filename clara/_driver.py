@@ -121,7 +121,7 @@ class _DaemonExecutor(futures.Executor):
         self._queue: queue.SimpleQueue[tuple[futures.Future[Any], Callable[[], Any]] | None] = (
             queue.SimpleQueue()
         )
-        self._idle = threading.Semaphore(0)
+        self._idle = 0  # workers waiting for a call (under _lock)
         self._workers = 0
         self._shutdown = False
 
@@ -134,7 +134,9 @@ class _DaemonExecutor(futures.Executor):
             if self._shutdown:
                 raise RuntimeError("cannot schedule new calls after shutdown")
             self._queue.put((future, lambda: fn(*args, **kwargs)))
-            if not self._idle.acquire(blocking=False) and self._workers < self._max_workers:
+            if self._idle:
+                self._idle -= 1
+            elif self._workers < self._max_workers:
                 self._start_worker_locked()
         return future
 
@@ -144,7 +146,7 @@ class _DaemonExecutor(futures.Executor):
             if self._shutdown or self._workers:
                 return
             self._start_worker_locked()
-            self._idle.release()  # the new worker counts as idle until it takes a call
+            self._idle += 1  # the new worker counts as idle until it takes a call
 
     def _start_worker_locked(self) -> None:
         self._workers += 1
@@ -184,7 +186,8 @@ class _DaemonExecutor(futures.Executor):
                 else:
                     future.set_result(result)
                 del future, call, item  # drop references before waiting again
-            self._idle.release()
+            with self._lock:
+                self._idle += 1
 
 
 class _Signals:
@@ -206,8 +209,7 @@ class _Signals:
 
     def deliver(self, signal: Signal) -> None:
         if signal.context is not None:
-            with contextlib.suppress(futures.InvalidStateError):
-                self.context.set_result(signal.context)
+            _settle(self.context, signal.context)
         if signal.kind is SignalKind.WAITING:
             return
         _settle(self.decided, signal)
@@ -233,23 +235,32 @@ class _Signals:
 
 @dataclass(frozen=True, slots=True)
 class _Started:
-    """A callback handed to the pool: its future, one that completes once it begins, and when."""
+    """A callback handed to the pool: its future, when, and one that completes once it begins.
+
+    Only execute's start is tracked (``began``): that is the latency the platform waits on.
+    """
 
     future: futures.Future[Any]
-    began: futures.Future[None]
     at: float
+    began: futures.Future[None] | None = None
 
     @staticmethod
     def submit(
-        executor: futures.Executor, callback: Callable[..., Any], args: tuple[Any, ...]
+        executor: futures.Executor,
+        callback: Callable[..., Any],
+        args: tuple[Any, ...],
+        *,
+        track_start: bool = False,
     ) -> _Started:
+        if not track_start:
+            return _Started(executor.submit(callback, *args), time.monotonic())
         began: futures.Future[None] = futures.Future()
 
         def run() -> Any:
             began.set_result(None)
             return callback(*args)
 
-        return _Started(executor.submit(run), began, time.monotonic())
+        return _Started(executor.submit(run), time.monotonic(), began)
 
 
 class _StartOnInputsReady:
@@ -284,20 +295,20 @@ class _StartOnInputsReady:
                     self._armed = False
                     self._started = self._start()
             if self._started is not None:
-                self._started.began.add_done_callback(self._settle)
+                if self._started.began is not None:
+                    self._started.began.add_done_callback(self._settle)
                 self._started.future.add_done_callback(self._settle)  # cancelled unbegun
                 return
         self._settle(decided)
 
     def _settle(self, _: futures.Future[Any]) -> None:
-        with contextlib.suppress(futures.InvalidStateError):
-            self.settled.set_result(None)
+        _settle(self.settled, None)
 
 
-def _settle(future: futures.Future[Signal], signal: Signal) -> None:
+def _settle(future: futures.Future[_T], value: _T) -> None:
     """Complete ``future`` unless another writer already did."""
     with contextlib.suppress(futures.InvalidStateError):
-        future.set_result(signal)
+        future.set_result(value)
 
 
 class Driver(Generic[AppData]):
@@ -900,13 +911,14 @@ class Driver(Generic[AppData]):
         waited: list[futures.Future[Any]] = [future]
         if name != "cleanup":
             waited.append(self._signals.cancelled)
-        # Let the callback begin before telling observers: the operator's work should not wait
-        # for the driver's bookkeeping (this is on the inputs-ready latency path).
-        futures.wait(
-            [started.began, *waited],
-            timeout=max(deadline - time.monotonic(), 0),
-            return_when=futures.FIRST_COMPLETED,
-        )
+        if started.began is not None:
+            # Let execute begin before telling observers: the operator's work should not wait
+            # for the driver's bookkeeping (this is on the inputs-ready latency path).
+            futures.wait(
+                [started.began, *waited],
+                timeout=max(deadline - time.monotonic(), 0),
+                return_when=futures.FIRST_COMPLETED,
+            )
         self._emit(NotificationKind[f"{name.upper()}_STARTED"], name)
         link.report_event(EventKind[f"{name.upper()}_STARTED"], "")
         self._wait_for_first(link, waited, deadline)
@@ -938,7 +950,7 @@ class Driver(Generic[AppData]):
     def _begin_execute(self, executor: futures.Executor, args: tuple[Any, ...]) -> _Started:
         assert self._execute is not None
         self._set_state(DriverState.EXECUTING)
-        return _Started.submit(executor, self._execute, args)
+        return _Started.submit(executor, self._execute, args, track_start=True)
 
     def _wait_for_first(
         self, link: StageLink, waited: list[futures.Future[Any]], deadline: float

@@ -219,7 +219,8 @@ class _EventBatches:
         self._stub = stub
         self._ref = ref
         self._metadata = metadata
-        self._lock = threading.Condition(threading.Lock())
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)  # notified when a batch ends
         self._queue: list[_QueuedEvent] = []
         self._in_flight = False
         self._flush_requested = False  # flush() was called while a batch was in flight
@@ -256,7 +257,7 @@ class _EventBatches:
         """Send what is queued and wait up to ``timeout`` seconds for the calls to end."""
         self.flush()
         with self._lock:
-            sent = self._lock.wait_for(lambda: not self._in_flight, timeout)
+            sent = self._idle.wait_for(lambda: not self._in_flight, timeout)
             self._closed = True
             left, dropped = len(self._queue), self._dropped
         if not sent or left or dropped:
@@ -318,7 +319,7 @@ class _EventBatches:
                         self._batches_supported = False
             elif self._flush_requested:
                 follow_up = self._take_batch_locked()
-            self._lock.notify_all()
+            self._idle.notify_all()
         if follow_up:
             self._send(follow_up)
 

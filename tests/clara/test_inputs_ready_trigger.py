@@ -25,7 +25,7 @@ def starter(pool: _DaemonExecutor, starts: list[_Started]) -> Callable[[], _Star
     """What the driver arms the trigger with: submit execute (here: return "ran")."""
 
     def start() -> _Started:
-        starts.append(_Started.submit(pool, lambda: "ran", ()))
+        starts.append(_Started.submit(pool, lambda: "ran", (), track_start=True))
         return starts[-1]
 
     return start
