@@ -222,7 +222,8 @@ class _EventBatches:
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)  # notified when a batch ends
         self._queue: list[_QueuedEvent] = []
-        self._in_flight = False
+        self._in_flight: list[_QueuedEvent] | None = None  # the batch whose call is pending
+        self._in_report = False  # the pending batch went with the report too (see below)
         self._flush_requested = False  # flush() was called while a batch was in flight
         self._batches_supported = True  # False once the platform says UNIMPLEMENTED
         self._report: tuple[str, list[pb.StageEvent]] | None = None
@@ -246,10 +247,25 @@ class _EventBatches:
             self._send(batch)
 
     def take_for_report(self, report_id: str) -> list[pb.StageEvent]:
-        """The events to send with report ``report_id``: the same list on every retry."""
+        """The events to send with report ``report_id``: the same list on every retry.
+
+        A batch still in flight may yet fail and be requeued: it is given up to
+        ``EVENT_FLUSH_TIMEOUT`` to end first, so that its events are neither lost nor sent
+        twice. One that takes longer goes with the report as well; the platform records an
+        event it receives twice (same kind, message and time) once.
+        """
         with self._lock:
             if self._report is None or self._report[0] != report_id:
-                self._report = (report_id, _to_proto(self._queue))
+                events = self._queue
+                if not self._idle.wait_for(lambda: self._in_flight is None, EVENT_FLUSH_TIMEOUT):
+                    assert self._in_flight is not None
+                    events = [*self._in_flight, *events]
+                    self._in_report = True
+                    overflow = len(events) - MAX_EVENTS_PER_BATCH
+                    if overflow > 0:  # the oldest go, as when a failed batch is requeued
+                        del events[:overflow]
+                        self._dropped += overflow
+                self._report = (report_id, _to_proto(events))
                 self._queue = []
             return self._report[1]
 
@@ -257,7 +273,7 @@ class _EventBatches:
         """Send what is queued and wait up to ``timeout`` seconds for the calls to end."""
         self.flush()
         with self._lock:
-            sent = self._idle.wait_for(lambda: not self._in_flight, timeout)
+            sent = self._idle.wait_for(lambda: self._in_flight is None, timeout)
             self._closed = True
             left, dropped = len(self._queue), self._dropped
         if not sent or left or dropped:
@@ -269,10 +285,15 @@ class _EventBatches:
             )
 
     def _take_batch_locked(self) -> list[_QueuedEvent] | None:
-        if self._in_flight or self._closed or not self._batches_supported or not self._queue:
+        if (
+            self._in_flight is not None
+            or self._closed
+            or not self._batches_supported
+            or not self._queue
+        ):
             return None
         batch, self._queue = self._queue, []
-        self._in_flight = True
+        self._in_flight = batch
         self._flush_requested = False
         return batch
 
@@ -295,8 +316,10 @@ class _EventBatches:
         """Runs on gRPC's callback thread: requeue a failed batch, send what followed it."""
         follow_up = None
         with self._lock:
-            self._in_flight = False
-            if error is not None:
+            self._in_flight = None
+            if error is not None and self._in_report:
+                _log.debug("%d progress event(s) went with the outcome report", len(batch))
+            elif error is not None:
                 _log.debug("%d progress event(s) not delivered yet: %r", len(batch), error)
                 if isinstance(error, grpc.Call) and error.code() in _NOT_RETRIED:
                     self._dropped += len(batch)

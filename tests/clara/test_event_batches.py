@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import Any
 
 import grpc
+import pytest
 
+from clara import _grpc_link
 from clara._grpc_link import MAX_EVENTS_PER_BATCH, _EventBatches
 from clara._proto.nvidia.clara.platform.stage.v1 import stage_service_pb2 as pb
 from clara._stage_link import EventKind
@@ -141,3 +144,32 @@ def test_after_unimplemented_every_event_waits_for_the_report() -> None:
     events.flush()  # not sent: the platform has no ReportStageEvents
     assert stub.batches == [["a"]]
     assert [event.message for event in events.take_for_report("r1")] == ["a", "b"]
+
+
+def test_a_batch_in_flight_when_the_report_is_taken_is_waited_for_and_not_lost() -> None:
+    stub = Stub(grpc.StatusCode.UNAVAILABLE, deferred=True)
+    events = queue_for(stub)
+    add(events, "a")
+    events.flush()  # in flight; its answer (a refusal) comes while the report waits
+    add(events, "b")
+    answering = threading.Thread(target=stub.calls[0].answer, name="test-answer")
+    answering.start()
+    reported = [event.message for event in events.take_for_report("r1")]
+    answering.join(10)
+    assert reported == ["a", "b"]  # the refused batch went with the report, in order
+
+
+def test_a_batch_still_in_flight_after_the_wait_goes_with_the_report_too(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_grpc_link, "EVENT_FLUSH_TIMEOUT", 0.01)
+    stub = Stub(grpc.StatusCode.DEADLINE_EXCEEDED, deferred=True)
+    events = queue_for(stub)
+    add(events, "a")
+    events.flush()
+    add(events, "b")
+    reported = [event.message for event in events.take_for_report("r1")]
+    assert reported == ["a", "b"]  # the platform records an event it gets twice once
+    stub.calls[0].answer()  # the late refusal requeues nothing: the report carried it
+    events.close(1.0)
+    assert len(stub.batches) == 1

@@ -252,6 +252,26 @@ def test_events_are_kept_in_driver_time_order_across_batches(
     )
 
 
+def test_an_event_received_twice_is_recorded_once(
+    clara_platform: MockPlatform, stub: pb_grpc.StageServiceStub
+) -> None:
+    job_id = clara_platform.create_job([StageSpec("only")])
+    sent_twice = event(pb.STAGE_EVENT_KIND_EXECUTE_STARTED, at=3)
+    report_events(stub, job_id, "only", sent_twice)  # its answer "never came": sent again
+    report_events(stub, job_id, "only", sent_twice)
+    complete_with_events = pb.CompleteStageRequest(
+        stage=ref(job_id, "only"),
+        report_id="r-1",
+        outcome=pb.STAGE_OUTCOME_SUCCEEDED,
+        events=[sent_twice, event(pb.STAGE_EVENT_KIND_EXECUTE_FINISHED, at=4)],
+    )
+    stub.CompleteStage(complete_with_events, timeout=WAIT)
+    assert clara_platform.job(job_id).stages["only"].events == (
+        "execute_started",
+        "execute_finished",
+    )
+
+
 @pytest.mark.parametrize(
     ("bad", "details"),
     [

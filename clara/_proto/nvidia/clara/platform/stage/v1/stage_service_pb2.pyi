@@ -615,7 +615,10 @@ class StageEvent(_message.Message):
     """Details, at most 4096 characters (longer ones are truncated)."""
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp:
-        """When it happened, by the driver's clock; the platform's receive time when unset."""
+        """When it happened, by the driver's clock; the platform's receive time when unset. An event
+        received again with the same kind, message and time (a batch sent again because its
+        answer never came, or also carried by CompleteStage) is recorded once.
+        """
 
     def __init__(
         self,
