@@ -14,6 +14,7 @@ waits with :meth:`Driver.wait_for_completion`::
     result = driver.wait_for_completion()
 """
 
+from clara._channels import CHANNEL_OPTIONS
 from clara._config import ENVIRONMENT_VARIABLES, DriverTimeouts
 from clara._context import StageContext
 from clara._driver import Driver, DriverState
@@ -39,6 +40,7 @@ from clara._retry import RetryConfig
 from clara._tls import TlsConfig
 
 __all__ = [
+    "CHANNEL_OPTIONS",
     "ENVIRONMENT_VARIABLES",
     "AlreadyCompletedError",
     "ClaraError",

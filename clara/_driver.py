@@ -16,7 +16,6 @@ import contextlib
 import enum
 import logging
 import os
-import queue
 import signal
 import threading
 import time
@@ -53,6 +52,7 @@ from clara._stage_link import (
     StageLink,
     StandaloneStageLink,
 )
+from clara._threads import DaemonExecutor, run_in_thread, wait_for_any
 from clara._tls import TlsConfig
 
 __all__ = ["Driver", "DriverState"]
@@ -102,92 +102,6 @@ class _CallResult:
     end: _CallEnd
     message: str = ""
     error: BaseException | None = None
-
-
-class _DaemonExecutor(futures.Executor):
-    """A small thread pool whose workers are daemon threads.
-
-    ``concurrent.futures.ThreadPoolExecutor`` joins its (non-daemon) workers at interpreter
-    exit, so one callback that never returns would keep the operator process alive forever.
-    The driver runs callbacks and notifications here instead: a hung callback is abandoned
-    once its deadline passes, and the process can still exit. Workers start on demand (up to
-    ``max_workers``) and end after :meth:`shutdown`, once their current call returns.
-    """
-
-    def __init__(self, max_workers: int, name: str) -> None:
-        self._max_workers = max_workers
-        self._name = name
-        self._lock = threading.Lock()
-        self._queue: queue.SimpleQueue[tuple[futures.Future[Any], Callable[[], Any]] | None] = (
-            queue.SimpleQueue()
-        )
-        self._idle = 0  # workers waiting for a call (under _lock)
-        self._workers = 0
-        self._shutdown = False
-
-    def submit(
-        self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs
-    ) -> futures.Future[_T]:
-        """Schedule ``fn(*args, **kwargs)``; raise ``RuntimeError`` after :meth:`shutdown`."""
-        future: futures.Future[_T] = futures.Future()
-        with self._lock:
-            if self._shutdown:
-                raise RuntimeError("cannot schedule new calls after shutdown")
-            self._queue.put((future, lambda: fn(*args, **kwargs)))
-            if self._idle:
-                self._idle -= 1
-            elif self._workers < self._max_workers:
-                self._start_worker_locked()
-        return future
-
-    def prestart(self) -> None:
-        """Start one worker now, if none runs yet, so the first call need not wait for it."""
-        with self._lock:
-            if self._shutdown or self._workers:
-                return
-            self._start_worker_locked()
-            self._idle += 1  # the new worker counts as idle until it takes a call
-
-    def _start_worker_locked(self) -> None:
-        self._workers += 1
-        threading.Thread(
-            target=self._work, name=f"{self._name}_{self._workers - 1}", daemon=True
-        ).start()
-
-    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        """Stop accepting calls; workers end once the queue is drained.
-
-        ``wait`` is ignored: a hung call must never block the caller.
-        """
-        with self._lock:
-            self._shutdown = True
-            if cancel_futures:
-                while True:
-                    try:
-                        item = self._queue.get_nowait()
-                    except queue.Empty:
-                        break
-                    if item is not None:
-                        item[0].cancel()
-            for _ in range(self._workers):
-                self._queue.put(None)
-
-    def _work(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            future, call = item
-            if future.set_running_or_notify_cancel():
-                try:
-                    result = call()
-                except BaseException as error:
-                    future.set_exception(error)
-                else:
-                    future.set_result(result)
-                del future, call, item  # drop references before waiting again
-            with self._lock:
-                self._idle += 1
 
 
 class _Signals:
@@ -354,7 +268,10 @@ class Driver(Generic[AppData]):
         timeouts: How long each step may wait.
         retry: The backoff policy for transient platform failures.
         executor: The pool to run callbacks on; the driver does not shut it down.
-        channel: A gRPC channel to the stage service; the driver does not close it.
+        channel: A gRPC channel to the stage service; the driver does not close it. Open it
+            with :data:`clara.CHANNEL_OPTIONS`. Without one, the driver leases the process's
+            shared channel to ``target`` (drivers in one process reuse one connection; it is
+            closed a few seconds after the last of them ends).
         handle_sigterm: Cancel the stage locally on SIGTERM (see above; default True).
         tls: TLS (or mutual TLS) settings for the channel (default: ``NVIDIA_CLARA_TLS_*``;
             none of them set means plaintext).
@@ -426,7 +343,7 @@ class Driver(Generic[AppData]):
         self._sigterm_handler: Callable[[int, FrameType | None], None] | None = None
         # Notifications are delivered in order on one thread of the driver's own, so a slow
         # notification callback never stalls the life-cycle. Threads start on first use.
-        self._notifier = _DaemonExecutor(1, "clara-notify")
+        self._notifier = DaemonExecutor(1, "clara-notify")
         self._log_fields = {"job_id": str(self._config.job_id), "stage": self._config.stage_name}
 
     # -- public surface -------------------------------------------------------------------
@@ -495,9 +412,9 @@ class Driver(Generic[AppData]):
                 )
             self._state = DriverState.CONNECTING
         self._install_sigterm_handler()
-        threading.Thread(
-            target=self._run_lifecycle, name=f"clara-driver-{self.stage_name}", daemon=False
-        ).start()
+        # Interpreter exit waits for the life-cycle, as for a non-daemon thread: returning from
+        # main must not leave the stage unreported.
+        run_in_thread(self._run_lifecycle, f"clara-driver-{self.stage_name}", hold_exit=True)
 
     def wait_for_completion(self, timeout: float | timedelta | None = None) -> StageResult:
         """Block until the life-cycle ends and return how the stage ended.
@@ -572,7 +489,7 @@ class Driver(Generic[AppData]):
         owned_pool = None
         executor = self._given_executor
         if executor is None:
-            owned_pool = _DaemonExecutor(_DEFAULT_WORKERS, f"clara-callback-{self.stage_name}")
+            owned_pool = DaemonExecutor(_DEFAULT_WORKERS, f"clara-callback-{self.stage_name}")
             executor = owned_pool
         self._emit(NotificationKind.STARTED, f"stage {self.stage_name} of job {self.job_id}")
         link = self._open_link()
@@ -585,10 +502,7 @@ class Driver(Generic[AppData]):
         )
         # Opened here, before the watcher's thread starts, so the round trip overlaps its start.
         stream = link.watch(self._watch_left(), with_context=True)
-        watcher = threading.Thread(
-            target=self._watch, args=(link, stream), name="clara-watch", daemon=True
-        )
-        watcher.start()
+        watcher = run_in_thread(lambda: self._watch(link, stream), "clara-watch")
         result: StageResult
         try:
             self._context = self._await_context()
@@ -645,7 +559,7 @@ class Driver(Generic[AppData]):
         if self._notify is not None:
             # Deliver queued notifications before waiters wake, but never wait on a stuck one.
             drained = self._notifier.submit(lambda: None)
-            futures.wait([drained], timeout=timeouts.grace.total_seconds())
+            wait_for_any([drained], timeouts.grace.total_seconds())
         self._notifier.shutdown(wait=False)
         self._done.set()
 
@@ -660,7 +574,7 @@ class Driver(Generic[AppData]):
 
         self._set_state(DriverState.WAITING_FOR_INPUTS)
         self._emit(NotificationKind.WAITING_FOR_INPUTS, "waiting for upstream stages")
-        if self._execute is not None and isinstance(executor, _DaemonExecutor):
+        if self._execute is not None and isinstance(executor, DaemonExecutor):
             executor.prestart()  # so that execute need not wait for a thread to start
         context = self.context
         payload = Payload(context.inputs, context.outputs)
@@ -764,11 +678,9 @@ class Driver(Generic[AppData]):
                 (SIGTERM) first.
         """
         timeouts = self._config.timeouts
-        waited: list[futures.Future[Any]] = [self._signals.context, self._signals.cancelled]
-        futures.wait(
-            waited,
-            timeout=(timeouts.connect + timeouts.grace).total_seconds(),
-            return_when=futures.FIRST_COMPLETED,
+        wait_for_any(
+            [self._signals.context, self._signals.cancelled],
+            (timeouts.connect + timeouts.grace).total_seconds(),
         )
         if self._signals.context.done():
             return self._signals.context.result()
@@ -914,11 +826,7 @@ class Driver(Generic[AppData]):
         if started.began is not None:
             # Let execute begin before telling observers: the operator's work should not wait
             # for the driver's bookkeeping (this is on the inputs-ready latency path).
-            futures.wait(
-                [started.began, *waited],
-                timeout=max(deadline - time.monotonic(), 0),
-                return_when=futures.FIRST_COMPLETED,
-            )
+            wait_for_any([started.began, *waited], deadline - time.monotonic())
         self._emit(NotificationKind[f"{name.upper()}_STARTED"], name)
         link.report_event(EventKind[f"{name.upper()}_STARTED"], "")
         self._wait_for_first(link, waited, deadline)
@@ -961,22 +869,11 @@ class Driver(Generic[AppData]):
         its events go out with the next batch or with the outcome report. A step that takes
         longer sends what is queued then, so the platform shows it while it runs.
         """
-        done, _ = futures.wait(
-            waited,
-            timeout=min(
-                self._config.timeouts.progress_linger.total_seconds(),
-                max(deadline - time.monotonic(), 0),
-            ),
-            return_when=futures.FIRST_COMPLETED,
-        )
-        if done:
+        linger = self._config.timeouts.progress_linger.total_seconds()
+        if wait_for_any(waited, min(linger, deadline - time.monotonic())):
             return
         link.flush_events()
-        futures.wait(
-            waited,
-            timeout=max(deadline - time.monotonic(), 0),
-            return_when=futures.FIRST_COMPLETED,
-        )
+        wait_for_any(waited, deadline - time.monotonic())
 
     def _result_of(self, name: str, call: _CallResult, limit: timedelta) -> StageResult:
         if call.end is _CallEnd.INTERRUPTED:

@@ -18,8 +18,8 @@ from typing import Any
 
 import grpc
 from google.protobuf import timestamp_pb2
-from grpc.experimental import ChannelOptions
 
+from clara._channels import CHANNEL_OPTIONS, ChannelLease, lease_channel
 from clara._config import DriverConfig
 from clara._context import StageContext
 from clara._exceptions import InvalidArgumentError, from_grpc_error
@@ -33,20 +33,6 @@ from clara._tls import STAGE_TOKEN_METADATA
 __all__ = ["CHANNEL_OPTIONS", "GrpcStageLink", "open_channel"]
 
 _log = logging.getLogger("clara")
-
-MAX_MESSAGE_BYTES = 4 * 1024 * 1024
-CHANNEL_OPTIONS: list[tuple[str, int | str]] = [
-    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-    # Keepalive lets a long wait for inputs notice a dead peer instead of hanging.
-    ("grpc.keepalive_time_ms", 30_000),
-    ("grpc.keepalive_timeout_ms", 10_000),
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.primary_user_agent", "clara-stage-driver"),
-    # The watcher's thread reads WatchStage itself, so the stream needs no helper thread of
-    # gRPC's (one thread start less per driver). Experimental in name, in grpcio since 1.29.
-    (ChannelOptions.SingleThreadedUnaryStream, 1),
-]
 
 
 _SIGNALS = {
@@ -85,6 +71,10 @@ _NOT_RETRIED = frozenset(
 class GrpcStageLink:
     """The stage API over a gRPC channel.
 
+    Without a channel given, the link leases the process's shared channel to the target
+    (see :mod:`clara._channels`); a link that saw the platform UNAVAILABLE has its channel
+    closed at the end instead of kept for the next driver, which then connects afresh.
+
     Args:
         config: The driver's settings (target, job, stage).
         channel: A channel to use instead of opening one; the link never closes a channel it
@@ -92,8 +82,11 @@ class GrpcStageLink:
     """
 
     def __init__(self, config: DriverConfig, channel: grpc.Channel | None = None) -> None:
-        self._owns_channel = channel is None
-        self._channel = channel or open_channel(config)
+        self._lease: ChannelLease | None = None
+        if channel is None:
+            self._lease = lease_channel((config.target, config.tls), lambda: open_channel(config))
+            channel = self._lease.channel
+        self._channel = channel
         # The stage token rides on every call; it is never logged (see clara._tls).
         self._metadata: tuple[tuple[str, str], ...] | None = (
             ((STAGE_TOKEN_METADATA, f"Bearer {config.stage_token}"),)
@@ -148,7 +141,7 @@ class GrpcStageLink:
                 stopped = self._stopped
             if stopped and error.code() is grpc.StatusCode.CANCELLED:
                 return
-            raise from_grpc_error("WatchStage", error) from None
+            raise self._failed("WatchStage", error) from None
         finally:
             with self._lock:
                 self._watch_call = None
@@ -178,7 +171,7 @@ class GrpcStageLink:
         try:
             response = self._stub.CompleteStage(request, timeout=timeout, metadata=self._metadata)
         except grpc.RpcError as error:
-            raise from_grpc_error("CompleteStage", error) from None
+            raise self._failed("CompleteStage", error) from None
         state = pb.StageState.Name(response.state).removeprefix("STAGE_STATE_").lower()
         return state, response.applied
 
@@ -195,11 +188,16 @@ class GrpcStageLink:
         self._events.flush()
 
     def close(self) -> None:
-        """Stop watching, give queued events a moment, and close the channel if it is ours."""
+        """Stop watching, give queued events a moment, and end the channel lease, if any."""
         self.stop_watching()
         self._events.close(EVENT_FLUSH_TIMEOUT)
-        if self._owns_channel:
-            self._channel.close()
+        if self._lease is not None:
+            self._lease.release()
+
+    def _failed(self, method: str, error: grpc.RpcError) -> Exception:
+        if error.code() is grpc.StatusCode.UNAVAILABLE and self._lease is not None:
+            self._lease.discard()  # a channel in reconnect backoff must not delay the next driver
+        return from_grpc_error(method, error)
 
 
 class _EventBatches:
@@ -354,7 +352,7 @@ def open_channel(config: DriverConfig) -> grpc.Channel:
     return grpc.secure_channel(
         config.target,
         config.tls.credentials(),
-        options=[*CHANNEL_OPTIONS, *config.tls.channel_options()],
+        options=(*CHANNEL_OPTIONS, *config.tls.channel_options()),
     )
 
 

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from clara import __version__
+from clara._channels import retire_channels
 from clara._exceptions import ClaraError, ContextUnavailableError
 from clara._notifications import Notification, NotificationKind
 
@@ -230,7 +231,8 @@ def instrument_grpc_client() -> Any:
 
     This enables OpenTelemetry's ``GrpcInstrumentorClient``, which wraps the channels that
     ``grpc.insecure_channel`` and ``grpc.secure_channel`` open from now on: call it before
-    starting drivers. Calling it again does nothing. Its spans go to the global tracer
+    starting drivers (drivers started later open a new channel rather than reuse one of the
+    process's shared channels). Calling it again does nothing. Its spans go to the global tracer
     provider (``opentelemetry.trace.set_tracer_provider``); for another provider, give the
     driver a :func:`traced_channel`.
 
@@ -249,6 +251,7 @@ def instrument_grpc_client() -> Any:
     instrumentor = module.GrpcInstrumentorClient(filter_=_untraced_filter())
     if not instrumentor.is_instrumented_by_opentelemetry:
         instrumentor.instrument()
+        retire_channels()
     return instrumentor
 
 
@@ -276,7 +279,9 @@ def traced_channel(channel: grpc.Channel, tracer_provider: Any = None) -> grpc.C
 
 
 def uninstrument_grpc_client() -> None:
-    """Undo :func:`instrument_grpc_client` (channels opened before keep their tracing).
+    """Undo :func:`instrument_grpc_client`: drivers started later open untraced channels.
+
+    Channels in use keep their tracing until their drivers end.
 
     Raises:
         TelemetryUnavailableError: ``opentelemetry-instrumentation-grpc`` is not installed.
@@ -285,3 +290,4 @@ def uninstrument_grpc_client() -> None:
     instrumentor = module.GrpcInstrumentorClient()
     if instrumentor.is_instrumented_by_opentelemetry:
         instrumentor.uninstrument()
+        retire_channels()

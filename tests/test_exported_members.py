@@ -9,6 +9,7 @@ import server_mock
 def test_clara_public_names() -> None:
     assert sorted(clara.__all__) == sorted(
         [
+            "CHANNEL_OPTIONS",
             "ENVIRONMENT_VARIABLES",
             "AlreadyCompletedError",
             "ClaraError",

@@ -7,21 +7,22 @@ from concurrent import futures
 
 import pytest
 
-from clara._driver import _DaemonExecutor, _Started, _StartOnInputsReady
+from clara._driver import _Started, _StartOnInputsReady
 from clara._stage_link import Signal, SignalKind
+from clara._threads import DaemonExecutor
 
 WAIT = 20.0
 READY = Signal(SignalKind.INPUTS_READY, "")
 
 
 @pytest.fixture
-def pool() -> Iterator[_DaemonExecutor]:
-    executor = _DaemonExecutor(2, "test-trigger")
+def pool() -> Iterator[DaemonExecutor]:
+    executor = DaemonExecutor(2, "test-trigger")
     yield executor
     executor.shutdown()
 
 
-def starter(pool: _DaemonExecutor, starts: list[_Started]) -> Callable[[], _Started]:
+def starter(pool: DaemonExecutor, starts: list[_Started]) -> Callable[[], _Started]:
     """What the driver arms the trigger with: submit execute (here: return "ran")."""
 
     def start() -> _Started:
@@ -32,7 +33,7 @@ def starter(pool: _DaemonExecutor, starts: list[_Started]) -> Callable[[], _Star
 
 
 def test_it_starts_execute_once_when_the_signal_comes_while_armed(
-    pool: _DaemonExecutor,
+    pool: DaemonExecutor,
 ) -> None:
     starts: list[_Started] = []
     decided: futures.Future[Signal] = futures.Future()
@@ -47,7 +48,7 @@ def test_it_starts_execute_once_when_the_signal_comes_while_armed(
     assert len(starts) == 1
 
 
-def test_a_signal_already_there_starts_execute_when_armed(pool: _DaemonExecutor) -> None:
+def test_a_signal_already_there_starts_execute_when_armed(pool: DaemonExecutor) -> None:
     starts: list[_Started] = []
     decided: futures.Future[Signal] = futures.Future()
     decided.set_result(READY)
@@ -56,7 +57,7 @@ def test_a_signal_already_there_starts_execute_when_armed(pool: _DaemonExecutor)
     assert trigger.disarm() is starts[0]
 
 
-def test_a_signal_after_disarming_starts_nothing(pool: _DaemonExecutor) -> None:
+def test_a_signal_after_disarming_starts_nothing(pool: DaemonExecutor) -> None:
     starts: list[_Started] = []
     decided: futures.Future[Signal] = futures.Future()
     trigger = _StartOnInputsReady(starter(pool, starts), decided)
@@ -70,7 +71,7 @@ def test_a_signal_after_disarming_starts_nothing(pool: _DaemonExecutor) -> None:
     [Signal(SignalKind.JOB_CANCELLED, "stop"), Signal(SignalKind.UPSTREAM_FAILED, "up failed")],
 )
 def test_any_other_signal_settles_it_without_starting(
-    pool: _DaemonExecutor, outcome: Signal
+    pool: DaemonExecutor, outcome: Signal
 ) -> None:
     starts: list[_Started] = []
     decided: futures.Future[Signal] = futures.Future()
@@ -81,7 +82,7 @@ def test_any_other_signal_settles_it_without_starting(
     assert starts == []
 
 
-def test_a_lost_stream_settles_it_without_starting(pool: _DaemonExecutor) -> None:
+def test_a_lost_stream_settles_it_without_starting(pool: DaemonExecutor) -> None:
     starts: list[_Started] = []
     decided: futures.Future[Signal] = futures.Future()
     trigger = _StartOnInputsReady(starter(pool, starts), decided)
