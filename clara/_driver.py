@@ -25,7 +25,7 @@ from concurrent import futures
 from dataclasses import dataclass
 from datetime import timedelta
 from types import FrameType
-from typing import Any, Generic, ParamSpec, TypeVar
+from typing import Any, Generic, TypeVar
 
 import grpc
 
@@ -60,7 +60,6 @@ __all__ = ["Driver", "DriverState"]
 _log = logging.getLogger("clara")
 
 AppData = TypeVar("AppData")
-_P = ParamSpec("_P")
 _T = TypeVar("_T")
 PrepareCallback = Callable[["Driver[Any]"], bool]
 ExecuteCallback = Callable[["Driver[Any]", Payload], bool]

@@ -254,8 +254,9 @@ class _EventBatches:
         """
         with self._lock:
             if self._report is None or self._report[0] != report_id:
-                events = self._queue
-                if not self._idle.wait_for(lambda: self._in_flight is None, EVENT_FLUSH_TIMEOUT):
+                ended = self._idle.wait_for(lambda: self._in_flight is None, EVENT_FLUSH_TIMEOUT)
+                events = self._queue  # read after the wait: a refused batch is back in it
+                if not ended:
                     assert self._in_flight is not None
                     events = [*self._in_flight, *events]
                     self._in_report = True

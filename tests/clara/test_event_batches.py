@@ -173,3 +173,30 @@ def test_a_batch_still_in_flight_after_the_wait_goes_with_the_report_too(
     stub.calls[0].answer()  # the late refusal requeues nothing: the report carried it
     events.close(1.0)
     assert len(stub.batches) == 1
+
+
+def test_a_follow_up_batch_sent_while_the_report_waits_is_not_duplicated(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_grpc_link, "EVENT_FLUSH_TIMEOUT", 0.01)
+    stub = Stub(deferred=True)
+    events = queue_for(stub)
+    add(events, "a")
+    events.flush()  # batch 1 in flight
+    add(events, "b")
+    events.flush()  # requested: "b" follows once batch 1 returns
+    waiting = events._idle.wait_for
+
+    def answer_first_then_wait(predicate: Callable[[], bool], timeout: float) -> bool:
+        # Batch 1 succeeds while the report waits, so "b" leaves the queue as batch 2.
+        events._idle.release()
+        try:
+            stub.calls[0].answer()
+        finally:
+            events._idle.acquire()
+        return waiting(predicate, timeout)
+
+    monkeypatch.setattr(events._idle, "wait_for", answer_first_then_wait)
+    reported = [event.message for event in events.take_for_report("r1")]
+    assert stub.batches == [["a"], ["b"]]
+    assert reported == ["b"]  # batch 2, still in flight, goes with the report once
