@@ -34,6 +34,7 @@ __all__ = [
 ]
 
 MAX_EVENTS_PER_STAGE = 256
+MAX_REPORTS_REMEMBERED = 64  # per stage: the report ids whose events were recorded
 
 
 class StageState(enum.Enum):
@@ -166,6 +167,8 @@ class Stage:
     ready_at: float | None = None
     ended_at: float | None = None
     events: list[StageEvent] = field(default_factory=list)
+    # The reports whose events were recorded, oldest first (a dict as an ordered set).
+    event_reports: dict[str, None] = field(default_factory=dict, repr=False)
     _changed: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
     def changed(self) -> asyncio.Event:
@@ -335,6 +338,24 @@ class Job:
     def record_event(self, name: str, kind: str, message: str) -> None:
         """Keep one driver's progress event, stamped with the receive time."""
         self.record_events(name, [(kind, message, None)])
+
+    def record_report_events(self, name: str, report_id: str, batch: Iterable[EventReport]) -> int:
+        """Keep the events carried by outcome report ``report_id``, once per report.
+
+        The contract promises that a retry of the same report does not record its events
+        twice, events without a driver time included (which :meth:`record_events` cannot
+        recognise again). A stage remembers its last ``MAX_REPORTS_REMEMBERED`` report ids.
+
+        Returns:
+            How many events were recorded (0 for a retry).
+        """
+        reports = self.stage(name).event_reports
+        if report_id in reports:
+            return 0
+        reports[report_id] = None
+        if len(reports) > MAX_REPORTS_REMEMBERED:
+            del reports[next(iter(reports))]
+        return self.record_events(name, batch)
 
     def record_events(self, name: str, batch: Iterable[EventReport]) -> int:
         """Keep a batch of a driver's progress events.

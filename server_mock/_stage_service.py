@@ -295,8 +295,10 @@ class StageService(pb_grpc.StageServiceServicer):
             stage.spec.name, request.report_id, outcome, request.message[:MAX_MESSAGE_CHARS]
         )
         # Recorded even when the report did not apply: the events are still the driver's real
-        # history. A retry of the same report finds its timed events recorded and skips them.
-        recorded = job.record_events(stage.spec.name, events) if events else 0
+        # history. A retry of the same report records nothing.
+        recorded = (
+            job.record_report_events(stage.spec.name, request.report_id, events) if events else 0
+        )
         _log.info(
             "job %s stage %s reported %s (report %s): state %s, applied %s, %d events recorded",
             job.job_id,

@@ -374,6 +374,21 @@ def test_complete_stage_records_its_events_once_per_report(
     )
 
 
+def test_a_retried_report_records_its_events_without_a_time_once_too(
+    clara_platform: MockPlatform, stub: pb_grpc.StageServiceStub
+) -> None:
+    job_id = clara_platform.create_job([StageSpec("only")])
+    untimed = event(pb.STAGE_EVENT_KIND_CLEANUP_FINISHED)
+    assert not untimed.HasField("time")
+    for _ in range(2):  # the same report, retried: applied once, its events recorded once
+        assert complete_with(stub, job_id, "r-1", untimed).applied
+    for _ in range(2):  # a later report that does not apply, retried
+        assert not complete_with(
+            stub, job_id, "r-2", event(pb.STAGE_EVENT_KIND_ERROR), outcome=pb.STAGE_OUTCOME_FAILED
+        ).applied
+    assert clara_platform.job(job_id).stages["only"].events == ("cleanup_finished", "error")
+
+
 def test_a_report_that_does_not_apply_still_records_its_events(
     clara_platform: MockPlatform, stub: pb_grpc.StageServiceStub
 ) -> None:
