@@ -260,10 +260,7 @@ class _EventBatches:
                     assert self._in_flight is not None
                     events = [*self._in_flight, *events]
                     self._in_report = True
-                    overflow = len(events) - MAX_EVENTS_PER_BATCH
-                    if overflow > 0:  # the oldest go, as when a failed batch is requeued
-                        del events[:overflow]
-                        self._dropped += overflow
+                    self._trim_locked(events)
                 self._report = (report_id, _to_proto(events))
                 self._queue = []
             return self._report[1]
@@ -282,6 +279,17 @@ class _EventBatches:
                 dropped,
                 "still in flight" if not sent else "not in flight",
             )
+
+    def _trim_locked(self, events: list[_QueuedEvent]) -> None:
+        """Drop the oldest of ``events`` beyond what one call may carry.
+
+        CompleteStage is such a call too: better lose the oldest events than have the outcome
+        report refused.
+        """
+        overflow = len(events) - MAX_EVENTS_PER_BATCH
+        if overflow > 0:
+            del events[:overflow]
+            self._dropped += overflow
 
     def _take_batch_locked(self) -> list[_QueuedEvent] | None:
         if (
@@ -324,12 +332,7 @@ class _EventBatches:
                     self._dropped += len(batch)
                 else:
                     self._queue[:0] = batch
-                    # Never more than one call may carry (CompleteStage included): drop the
-                    # oldest rather than have the outcome report refused.
-                    overflow = len(self._queue) - MAX_EVENTS_PER_BATCH
-                    if overflow > 0:
-                        del self._queue[:overflow]
-                        self._dropped += overflow
+                    self._trim_locked(self._queue)
                     if (
                         isinstance(error, grpc.Call)
                         and error.code() is grpc.StatusCode.UNIMPLEMENTED
