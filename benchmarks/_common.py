@@ -18,8 +18,8 @@ from typing import Any
 
 import grpc
 
-from clara._proto.nvidia.clara.platform.stage.v1 import stage_service_pb2 as pb
-from clara._proto.nvidia.clara.platform.stage.v1 import stage_service_pb2_grpc as pb_grpc
+from clara.stage_api import stage_service_pb2 as pb
+from clara.stage_api import stage_service_pb2_grpc as pb_grpc
 
 LOOPBACK = "127.0.0.1"
 PYTHON = sys.executable

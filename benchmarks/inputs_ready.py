@@ -23,7 +23,7 @@ from typing import Any
 
 import clara
 from benchmarks._common import Row, complete_request, open_stub, row, stage_ref
-from clara._proto.nvidia.clara.platform.stage.v1 import stage_service_pb2 as pb
+from clara.stage_api import stage_service_pb2 as pb
 from server_mock import InputRef, MockPlatform, StageSpec
 
 TITLE = "Figure 2 - inputs-ready latency (CompleteStage(up) returns -> execute of down starts)"

@@ -44,8 +44,8 @@ from benchmarks._common import (
 )
 from clara import CHANNEL_OPTIONS
 from clara._channels import retire_channels
-from clara._proto.nvidia.clara.platform.stage.v1 import stage_service_pb2 as pb
-from clara._proto.nvidia.clara.platform.stage.v1 import stage_service_pb2_grpc as pb_grpc
+from clara.stage_api import stage_service_pb2 as pb
+from clara.stage_api import stage_service_pb2_grpc as pb_grpc
 from server_mock import MockPlatform, StageSpec
 
 TITLE = "Figure 1 - life-cycle overhead (no-op driver, start() to wait_for_completion())"

@@ -25,7 +25,7 @@ from pathlib import Path
 import grpc
 
 from benchmarks._common import Row, ServerProcess, proc_status, row
-from clara._proto.nvidia.clara.platform import common_pb2, payloads_pb2, payloads_pb2_grpc
+from server_mock._proto.nvidia.clara.platform import common_pb2, payloads_pb2, payloads_pb2_grpc
 
 TITLE = "Figure 5 - payload transfer (Payloads.Upload then Download) vs a direct file copy"
 FIGURE = "5 payload"

@@ -53,10 +53,10 @@ TARGET_COMPLETIONS = 1000.0
 async def _client(conn: multiprocessing.connection.Connection, address: str) -> None:
     import grpc  # noqa: PLC0415 - the client process imports what it needs
 
-    from clara._proto.nvidia.clara.platform.stage.v1 import (  # noqa: PLC0415
+    from clara.stage_api import (  # noqa: PLC0415
         stage_service_pb2 as pb,
     )
-    from clara._proto.nvidia.clara.platform.stage.v1 import (  # noqa: PLC0415
+    from clara.stage_api import (  # noqa: PLC0415
         stage_service_pb2_grpc as pb_grpc,
     )
 

@@ -23,8 +23,8 @@ from typing import Any, TextIO
 
 import grpc
 
-from clara._proto.nvidia.clara.platform import common_pb2, jobs_pb2
 from server_mock._client import JobStatus, PlatformApiError, PlatformClient
+from server_mock._proto.nvidia.clara.platform import common_pb2, jobs_pb2
 
 __all__ = ["ADMIN_COMMANDS", "add_admin_commands", "run_admin"]
 

@@ -15,7 +15,7 @@ from typing import TypeVar
 
 import grpc
 
-from clara._proto.nvidia.clara.platform import (
+from server_mock._proto.nvidia.clara.platform import (
     common_pb2,
     jobs_pb2,
     jobs_pb2_grpc,

@@ -23,8 +23,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from clara._proto.nvidia.clara.platform.stage.v1 import stage_service_pb2 as stage_pb
-from clara._proto.nvidia.clara.platform.stage.v1 import stage_service_pb2_grpc as stage_grpc
+from clara.stage_api import stage_service_pb2 as stage_pb
+from clara.stage_api import stage_service_pb2_grpc as stage_grpc
 from server_mock._auth import StageTokens
 from server_mock._core import InProcessLauncher, PlatformState, StageLauncher
 from server_mock._jobs import Job, JobState, StageSpec, StageState

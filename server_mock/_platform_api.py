@@ -42,7 +42,13 @@ from typing import Any, Final
 import grpc
 from google.protobuf.descriptor import ServiceDescriptor
 
-from clara._proto.nvidia.clara.platform import (
+from server_mock._core import JobRecord, PlatformState
+from server_mock._errors import ApiError, ErrorCode
+from server_mock._jobs import CancelReason, Job, JobState, Stage, StageState
+from server_mock._payloads import CHUNK_SIZE, PayloadRecord, PayloadType, Upload
+from server_mock._pipeline_definition import MAX_DEFINITION_BYTES, PipelineDefinition
+from server_mock._pipelines import DEFAULT_DEFINITION_PATH
+from server_mock._proto.nvidia.clara.platform import (
     clara_pb2,
     clara_pb2_grpc,
     common_pb2,
@@ -54,12 +60,6 @@ from clara._proto.nvidia.clara.platform import (
     pipelines_pb2,
     pipelines_pb2_grpc,
 )
-from server_mock._core import JobRecord, PlatformState
-from server_mock._errors import ApiError, ErrorCode
-from server_mock._jobs import CancelReason, Job, JobState, Stage, StageState
-from server_mock._payloads import CHUNK_SIZE, PayloadRecord, PayloadType, Upload
-from server_mock._pipeline_definition import MAX_DEFINITION_BYTES, PipelineDefinition
-from server_mock._pipelines import DEFAULT_DEFINITION_PATH
 
 __all__ = [
     "DEFAULT_MAX_UPLOAD_BYTES",

@@ -11,8 +11,8 @@ from typing import TypeVar
 import grpc
 from google.protobuf import duration_pb2, timestamp_pb2
 
-from clara._proto.nvidia.clara.platform.stage.v1 import stage_service_pb2 as pb
-from clara._proto.nvidia.clara.platform.stage.v1 import stage_service_pb2_grpc as pb_grpc
+from clara.stage_api import stage_service_pb2 as pb
+from clara.stage_api import stage_service_pb2_grpc as pb_grpc
 from server_mock._auth import AuthResult, StageTokens, token_from_metadata
 from server_mock._jobs import (
     CancelReason,

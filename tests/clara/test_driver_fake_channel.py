@@ -19,7 +19,7 @@ import pytest
 from google.protobuf import duration_pb2
 
 import clara
-from clara._proto.nvidia.clara.platform.stage.v1 import stage_service_pb2 as pb
+from clara.stage_api import stage_service_pb2 as pb
 
 SERVICE = pb.DESCRIPTOR.services_by_name["StageService"]
 WATCH = SERVICE.methods_by_name["WatchStage"]

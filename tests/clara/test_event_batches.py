@@ -11,8 +11,8 @@ import pytest
 
 from clara import _grpc_link
 from clara._grpc_link import MAX_EVENTS_PER_BATCH, _EventBatches
-from clara._proto.nvidia.clara.platform.stage.v1 import stage_service_pb2 as pb
 from clara._stage_link import EventKind
+from clara.stage_api import stage_service_pb2 as pb
 
 
 class Refusal(grpc.RpcError, grpc.Call):  # type: ignore[misc]  # grpc's ABCs are untyped

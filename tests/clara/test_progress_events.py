@@ -15,7 +15,7 @@ import grpc
 import pytest
 
 import clara
-from clara._proto.nvidia.clara.platform.stage.v1 import stage_service_pb2 as pb
+from clara.stage_api import stage_service_pb2 as pb
 from server_mock import MockPlatform, StageSpec
 from server_mock._stage_service import StageService
 

@@ -24,7 +24,7 @@ CLIENT = "nvidia-clara-client"
 CLIENT_VERSION = "0.8.1.7"
 PACKAGE = "nvidia.clara.platform"
 PROTO_DIR = "nvidia/clara/platform"
-OUR_MODULES = f"clara._proto.{PACKAGE}"
+OUR_MODULES = f"server_mock._proto.{PACKAGE}"
 LEGACY_FILES = ["clara", "common", "jobs", "models", "payloads", "pipelines"]
 
 _TYPE = descriptor_pb2.FieldDescriptorProto.Type.Name

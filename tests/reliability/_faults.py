@@ -31,7 +31,7 @@ from typing import IO, Any
 import grpc
 
 import clara
-from clara._proto.nvidia.clara.platform.stage.v1 import stage_service_pb2_grpc as stage_grpc
+from clara.stage_api import stage_service_pb2_grpc as stage_grpc
 from server_mock import MockPlatform
 from server_mock._stage_service import StageService
 

@@ -13,10 +13,15 @@ from pathlib import Path
 import pytest
 from _faults import ROOT, WAIT, ControlServer, ServerProcess, pipeline_yaml
 
-from clara._proto.nvidia.clara.platform import common_pb2, jobs_pb2, payloads_pb2, pipelines_pb2
 from server_mock import MockPlatform, StageSpec
 from server_mock._client import PlatformApiError, PlatformClient
 from server_mock._persistence import StateStore
+from server_mock._proto.nvidia.clara.platform import (
+    common_pb2,
+    jobs_pb2,
+    payloads_pb2,
+    pipelines_pb2,
+)
 
 
 def write_pipeline(folder: Path, control: ControlServer) -> Path:

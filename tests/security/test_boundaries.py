@@ -8,17 +8,17 @@ import grpc
 import pytest
 
 from clara._grpc_link import CHANNEL_OPTIONS
-from clara._proto.nvidia.clara.platform import (
+from server_mock import MockPlatform
+from server_mock._errors import ErrorCode
+from server_mock._platform import SERVER_OPTIONS
+from server_mock._platform_api import MAX_METADATA_ENTRIES
+from server_mock._proto.nvidia.clara.platform import (
     common_pb2,
     payloads_pb2,
     payloads_pb2_grpc,
     pipelines_pb2,
     pipelines_pb2_grpc,
 )
-from server_mock import MockPlatform
-from server_mock._errors import ErrorCode
-from server_mock._platform import SERVER_OPTIONS
-from server_mock._platform_api import MAX_METADATA_ENTRIES
 
 WAIT = 30.0
 DEFINITION = "api-version: 0.4.0\nname: p\noperators:\n- name: a\n  container: {image: t/a}\n"

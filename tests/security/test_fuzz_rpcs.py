@@ -27,7 +27,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from clara._proto.nvidia.clara.platform import (
+from clara.stage_api import stage_service_pb2 as stage_pb
+from server_mock import InputRef, JobState, MockPlatform, StageSpec, StageState
+from server_mock._proto.nvidia.clara.platform import (
     clara_pb2,
     jobs_pb2,
     models_pb2,
@@ -36,8 +38,6 @@ from clara._proto.nvidia.clara.platform import (
     pipelines_pb2,
     pipelines_pb2_grpc,
 )
-from clara._proto.nvidia.clara.platform.stage.v1 import stage_service_pb2 as stage_pb
-from server_mock import InputRef, JobState, MockPlatform, StageSpec, StageState
 
 CALL_TIMEOUT = 5.0
 DEFINITION = (

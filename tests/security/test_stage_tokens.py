@@ -13,8 +13,8 @@ import grpc
 import pytest
 
 import clara
-from clara._proto.nvidia.clara.platform.stage.v1 import stage_service_pb2 as pb
-from clara._proto.nvidia.clara.platform.stage.v1 import stage_service_pb2_grpc as pb_grpc
+from clara.stage_api import stage_service_pb2 as pb
+from clara.stage_api import stage_service_pb2_grpc as pb_grpc
 from server_mock import InputRef, JobSnapshot, MockPlatform, StageSpec, StageState
 from server_mock._auth import AuthResult, StageTokens, token_from_metadata
 from server_mock._pipeline_definition import parse_pipeline_definition

@@ -22,7 +22,17 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 import clara
-from clara._proto.nvidia.clara.platform import (
+from server_mock import MockPlatform, StageSpec, StageState
+from server_mock._errors import ErrorCode
+from server_mock._jobs import Job
+from server_mock._pipeline_definition import PipelineDefinition
+from server_mock._platform_api import (
+    LOG_LINES_PER_MESSAGE,
+    MAX_DAG_DEPTH,
+    MAX_METADATA_ENTRIES,
+    SECONDS_TO_UNIX_EPOCH,
+)
+from server_mock._proto.nvidia.clara.platform import (
     clara_pb2,
     clara_pb2_grpc,
     common_pb2,
@@ -34,16 +44,6 @@ from clara._proto.nvidia.clara.platform import (
     payloads_pb2_grpc,
     pipelines_pb2,
     pipelines_pb2_grpc,
-)
-from server_mock import MockPlatform, StageSpec, StageState
-from server_mock._errors import ErrorCode
-from server_mock._jobs import Job
-from server_mock._pipeline_definition import PipelineDefinition
-from server_mock._platform_api import (
-    LOG_LINES_PER_MESSAGE,
-    MAX_DAG_DEPTH,
-    MAX_METADATA_ENTRIES,
-    SECONDS_TO_UNIX_EPOCH,
 )
 from server_mock._workspace import JobLayout
 

@@ -11,8 +11,8 @@ from google.protobuf import timestamp_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from clara._proto.nvidia.clara.platform.stage.v1 import stage_service_pb2 as pb
-from clara._proto.nvidia.clara.platform.stage.v1 import stage_service_pb2_grpc as pb_grpc
+from clara.stage_api import stage_service_pb2 as pb
+from clara.stage_api import stage_service_pb2_grpc as pb_grpc
 from server_mock import InputRef, MockPlatform, StageSpec, StageState
 
 WAIT = 20.0

@@ -4,7 +4,7 @@
 import grpc
 import warnings
 
-from clara._proto.nvidia.clara.platform import models_pb2 as nvidia_dot_clara_dot_platform_dot_models__pb2
+from server_mock._proto.nvidia.clara.platform import models_pb2 as nvidia_dot_clara_dot_platform_dot_models__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__

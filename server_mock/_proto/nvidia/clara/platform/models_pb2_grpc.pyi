@@ -11,7 +11,7 @@ are frozen (see buf.yaml).
 
 from collections import abc as _abc
 from grpc import aio as _aio
-from clara._proto.nvidia.clara.platform import models_pb2 as _models_pb2
+from server_mock._proto.nvidia.clara.platform import models_pb2 as _models_pb2
 import abc as _abc_1
 import grpc as _grpc
 import sys
