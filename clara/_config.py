@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -12,30 +11,39 @@ from datetime import timedelta
 from clara._exceptions import ConfigurationError
 from clara._retry import RetryConfig
 from clara._tls import (
-    ENV_STAGE_TOKEN,
-    ENV_TLS_CA,
-    ENV_TLS_CERT,
-    ENV_TLS_KEY,
-    ENV_TLS_SERVER_NAME,
     TlsConfig,
     TlsMaterial,
     parse_stage_token,
     resolve_tls,
 )
+from clara.contract import (
+    DEFAULT_STAGE_TIMEOUT,
+    ENV_INPUT,
+    ENV_JOB_ID,
+    ENV_JOB_NAME,
+    ENV_NOSYNCLOCK,
+    ENV_OUTPUT,
+    ENV_STAGE_NAME,
+    ENV_STAGE_SERVICE,
+    ENV_STAGE_TOKEN,
+    ENV_TIMEOUT,
+    ENV_TLS_CA,
+    ENV_TLS_CERT,
+    ENV_TLS_KEY,
+    ENV_TLS_SERVER_NAME,
+    MAX_STAGE_TIMEOUT,
+    NAME_PATTERN,
+    NAME_RULE,
+    TIMEOUT_GRACE,
+)
 
 __all__ = ["ENVIRONMENT_VARIABLES", "DriverTimeouts"]
 
-ENV_TARGET = "NVIDIA_CLARA_STAGE_SERVICE"
-ENV_JOB_ID = "NVIDIA_CLARA_JOBID"
-ENV_STAGE_NAME = "NVIDIA_CLARA_STAGENAME"
-ENV_NOSYNCLOCK = "NVIDIA_CLARA_NOSYNCLOCK"
-ENV_JOB_NAME = "NVIDIA_CLARA_JOBNAME"
-ENV_TIMEOUT = "NVIDIA_CLARA_TIMEOUT"
-ENV_INPUT = "NVIDIA_CLARA_INPUT"
-ENV_OUTPUT = "NVIDIA_CLARA_OUTPUT"
 
 ENVIRONMENT_VARIABLES: Mapping[str, str] = {
-    ENV_TARGET: "Address of the platform's stage service, host:port (required unless standalone).",
+    ENV_STAGE_SERVICE: (
+        "Address of the platform's stage service, host:port (required unless standalone)."
+    ),
     ENV_JOB_ID: "The job's id, a UUID (required unless standalone).",
     ENV_STAGE_NAME: "The stage's name in the pipeline (required unless standalone).",
     ENV_NOSYNCLOCK: "1/true: run standalone, without the platform (inputs are ready at once).",
@@ -51,9 +59,6 @@ ENVIRONMENT_VARIABLES: Mapping[str, str] = {
 }
 """Every environment variable the driver reads, with what it means."""
 
-DEFAULT_STAGE_TIMEOUT = timedelta(seconds=600)
-MAX_STAGE_TIMEOUT = timedelta(seconds=1800)
-_NAME = re.compile(r"[A-Za-z0-9_-]{1,255}")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"", "0", "false", "no", "off"}
 
@@ -77,7 +82,7 @@ class DriverTimeouts:
     connect: timedelta = timedelta(seconds=600)
     inputs: timedelta = MAX_STAGE_TIMEOUT
     report: timedelta = timedelta(seconds=60)
-    grace: timedelta = timedelta(seconds=15)
+    grace: timedelta = TIMEOUT_GRACE
     rpc: timedelta = timedelta(seconds=10)
     progress_linger: timedelta = timedelta(milliseconds=50)
 
@@ -129,10 +134,10 @@ def parse_job_id(setting: str, value: object) -> uuid.UUID:
 
 
 def parse_stage_name(setting: str, value: object) -> str:
-    """Validate a stage name: 1-255 characters of ``[A-Za-z0-9_-]``."""
-    if isinstance(value, str) and _NAME.fullmatch(value):
+    """Validate a stage name (:data:`clara.contract.NAME_PATTERN`)."""
+    if isinstance(value, str) and NAME_PATTERN.match(value):
         return value
-    raise ConfigurationError(setting, value, "expected 1-255 characters of [A-Za-z0-9_-]")
+    raise ConfigurationError(setting, value, f"expected {NAME_RULE}")
 
 
 def parse_target(setting: str, value: object) -> str:
@@ -149,14 +154,15 @@ def parse_target(setting: str, value: object) -> str:
 
 
 def parse_timeout_seconds(setting: str, value: str) -> timedelta:
-    """Parse a stage timeout in seconds, between 1 and the platform maximum (1800)."""
+    """Parse a stage timeout in seconds, in (0, :data:`clara.contract.MAX_STAGE_TIMEOUT`]."""
     try:
         seconds = float(value)
     except ValueError:
         raise ConfigurationError(setting, value, "expected a number of seconds") from None
     timeout = timedelta(seconds=seconds)
     if not timedelta(0) < timeout <= MAX_STAGE_TIMEOUT:
-        raise ConfigurationError(setting, value, "expected seconds in (0, 1800]")
+        limit = int(MAX_STAGE_TIMEOUT.total_seconds())
+        raise ConfigurationError(setting, value, f"expected seconds in (0, {limit}]")
     return timeout
 
 
@@ -198,7 +204,7 @@ def resolve_config(
         raw_stage = "stage"
     resolved_stage = parse_stage_name(setting, raw_stage)
 
-    setting, raw_target = pick(target, "target", ENV_TARGET)
+    setting, raw_target = pick(target, "target", ENV_STAGE_SERVICE)
     resolved_target = "" if standalone and raw_target is None else parse_target(setting, raw_target)
 
     if standalone:

@@ -29,6 +29,7 @@ from clara._proto.nvidia.clara.platform.stage.v1 import stage_service_pb2_grpc a
 from clara._result import StageOutcome
 from clara._stage_link import EventKind, Signal, SignalKind
 from clara._tls import STAGE_TOKEN_METADATA
+from clara.contract import MAX_EVENTS_PER_BATCH  # a life-cycle queues about ten
 
 __all__ = ["CHANNEL_OPTIONS", "GrpcStageLink", "open_channel"]
 
@@ -54,7 +55,6 @@ _EVENT_KINDS = {
 }
 # A queued progress event: its kind (the StageEventKind value), message and time (ns).
 _QueuedEvent = tuple["pb.StageEventKind.ValueType", str, int]
-MAX_EVENTS_PER_BATCH = 256  # the contract's limit; a life-cycle queues about ten
 EVENT_TIMEOUT = 10.0
 EVENT_FLUSH_TIMEOUT = 2.0
 # A batch the platform refused as such is not sent again: it would be refused again.

@@ -4,13 +4,13 @@ Every driver needs a few threads (its life-cycle, its signal watcher, the worker
 callbacks and notifications). Starting a thread is a hand-shake: ``Thread.start()`` returns
 only once the new thread runs, about 0.1 ms on a small VM, several times per life-cycle. A
 process that runs many drivers (a test farm, the mock platform's in-process stages) would
-pay it again and again, so a thread whose job ended parks here for :data:`IDLE_SECONDS` and
-takes the next job instead of a new thread starting. A process running one driver starts
+pay it again and again, so a thread whose task ended parks here for :data:`IDLE_SECONDS` and
+takes the next task instead of a new thread starting. A process running one driver starts
 its threads as before; parked threads are daemons and never keep a process alive.
 
-A job may hold the process open instead (``hold_exit=True``, the life-cycle: a stage must not
+A task may hold the process open instead (``hold_exit=True``, the life-cycle: a stage must not
 go unreported because the main thread returned): interpreter exit then waits for it, as it
-would for a non-daemon thread. The job bounds its own run time.
+would for a non-daemon thread. The task bounds its own run time.
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ from typing import Any, ParamSpec, TypeVar
 __all__ = [
     "IDLE_SECONDS",
     "DaemonExecutor",
-    "RunningJob",
+    "ThreadTask",
     "run_in_thread",
-    "running_jobs",
+    "running_tasks",
     "wait_for_any",
 ]
 
@@ -37,12 +37,12 @@ _log = logging.getLogger("clara")
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
 
-IDLE_SECONDS = 30.0  # how long a thread whose job ended waits for another before ending
+IDLE_SECONDS = 30.0  # how long a thread whose task ended waits for another before ending
 _IDLE_NAME = "clara-idle"
 
 
-class RunningJob:
-    """A job handed to :func:`run_in_thread`: wait for its end with :meth:`join`."""
+class ThreadTask:
+    """A task handed to :func:`run_in_thread`: wait for its end with :meth:`join`."""
 
     __slots__ = ("_running", "hold_exit", "name", "target")
 
@@ -50,12 +50,12 @@ class RunningJob:
         self.target = target
         self.name = name
         self.hold_exit = hold_exit
-        # Held from creation until the job ends: a plain lock is the cheapest latch there is.
+        # Held from creation until the task ends: a plain lock is the cheapest latch there is.
         self._running = threading.Lock()
         self._running.acquire()
 
     def join(self, timeout: float | None = None) -> bool:
-        """Wait until the job returned; False if ``timeout`` passed first."""
+        """Wait until the task returned; False if ``timeout`` passed first."""
         if not self._running.acquire(timeout=-1 if timeout is None else max(timeout, 0)):
             return False
         self._running.release()
@@ -63,23 +63,23 @@ class RunningJob:
 
     @property
     def ended(self) -> bool:
-        """True once the job returned (or raised)."""
+        """True once the task returned (or raised)."""
         return not self._running.locked()
 
     def run(self) -> None:
-        """Run the target on this thread, named after the job; never raises."""
+        """Run the target on this thread, named after the task; never raises."""
         thread = threading.current_thread()
-        thread.name = self.name  # log records and stack dumps name the job, not the cache
+        thread.name = self.name  # log records and stack dumps name the task, not the cache
         try:
             self.target()
-        except BaseException:  # a job must not take its thread, or the cache, down with it
-            _log.exception("unexpected error in thread job %s", self.name)
+        except BaseException:  # a task must not take its thread, or the cache, down with it
+            _log.exception("unexpected error in thread task %s", self.name)
         finally:
             thread.name = _IDLE_NAME
-            self.target = _nothing  # drop the job's references while the thread is parked
+            self.target = _nothing  # drop the task's references while the thread is parked
 
     def end(self) -> None:
-        """Mark the job ended: :meth:`join` returns from now on."""
+        """Mark the task ended: :meth:`join` returns from now on."""
         self._running.release()
 
 
@@ -88,87 +88,87 @@ def _nothing() -> None:
 
 
 class _ThreadCache:
-    """Parked daemon threads and the jobs handed to them.
+    """Parked daemon threads and the tasks handed to them.
 
-    ``_idle`` counts parked threads not yet promised a job: :meth:`run` promises one by
-    decrementing it before queueing the job, so a queued job always has a thread coming.
+    ``_idle`` counts parked threads not yet promised a task: :meth:`run` promises one by
+    decrementing it before queueing the task, so a queued task always has a thread coming.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._jobs: queue.SimpleQueue[RunningJob] = queue.SimpleQueue()
+        self._tasks: queue.SimpleQueue[ThreadTask] = queue.SimpleQueue()
         self._idle = 0
-        self._running: set[RunningJob] = set()
+        self._running: set[ThreadTask] = set()
         self._exit_hook_installed = False
 
-    def run(self, job: RunningJob) -> None:
+    def run(self, task: ThreadTask) -> None:
         with self._lock:
-            self._running.add(job)
-            if job.hold_exit and not self._exit_hook_installed:
-                atexit.register(self.wait_for_held_jobs)
+            self._running.add(task)
+            if task.hold_exit and not self._exit_hook_installed:
+                atexit.register(self.wait_for_held_tasks)
                 self._exit_hook_installed = True
             if self._idle:
                 self._idle -= 1
-                self._jobs.put(job)
+                self._tasks.put(task)
                 return
         try:
-            threading.Thread(target=self._serve, args=(job,), name=job.name, daemon=True).start()
+            threading.Thread(target=self._serve, args=(task,), name=task.name, daemon=True).start()
         except BaseException:
             with self._lock:
-                self._running.discard(job)
-            job.end()
+                self._running.discard(task)
+            task.end()
             raise
 
-    def running(self) -> list[RunningJob]:
+    def running(self) -> list[ThreadTask]:
         with self._lock:
             return list(self._running)
 
-    def wait_for_held_jobs(self) -> None:
-        """At interpreter exit: wait for the jobs that hold the process open.
+    def wait_for_held_tasks(self) -> None:
+        """At interpreter exit: wait for the tasks that hold the process open.
 
-        Each such job (a driver's life-cycle) is bounded by its own deadlines, as the
+        Each such task (a driver's life-cycle) is bounded by its own deadlines, as the
         non-daemon thread it replaces was; exit waits for it the same way.
         """
         while True:
             with self._lock:
-                job = next((job for job in self._running if job.hold_exit), None)
-            if job is None:
+                task = next((task for task in self._running if task.hold_exit), None)
+            if task is None:
                 return
-            _log.info("interpreter exit waits for %s to end", job.name)
-            job.join()
+            _log.info("interpreter exit waits for %s to end", task.name)
+            task.join()
             with self._lock:
-                self._running.discard(job)
+                self._running.discard(task)
 
-    def _serve(self, job: RunningJob) -> None:
+    def _serve(self, task: ThreadTask) -> None:
         while True:
-            job.run()
+            task.run()
             with self._lock:
-                self._running.discard(job)
+                self._running.discard(task)
                 self._idle += 1
-            # Counted idle before the job is seen to end: whoever joined it and hands out the
-            # next job finds this thread available.
-            job.end()
-            del job  # nothing of the last job stays reachable from a parked thread
-            next_job = self._next_job()
-            if next_job is None:
+            # Counted idle before the task is seen to end: whoever joined it and hands out the
+            # next task finds this thread available.
+            task.end()
+            del task  # nothing of the last task stays reachable from a parked thread
+            next_task = self._next_task()
+            if next_task is None:
                 return
-            job = next_job
+            task = next_task
 
-    def _next_job(self) -> RunningJob | None:
+    def _next_task(self) -> ThreadTask | None:
         while True:
             try:
-                return self._jobs.get(timeout=IDLE_SECONDS)
+                return self._tasks.get(timeout=IDLE_SECONDS)
             except queue.Empty:
                 with self._lock:
-                    if self._idle:  # nobody promised this thread a job: end it
+                    if self._idle:  # nobody promised this thread a task: end it
                         self._idle -= 1
                         return None
-                # A job was promised to a parked thread just now: it is in the queue.
+                # A task was promised to a parked thread just now: it is in the queue.
 
     def reset_after_fork(self) -> None:
-        # The child has none of the parent's threads: forget them, and the parent's jobs.
+        # The child has none of the parent's threads: forget them, and the parent's tasks.
         self._lock = threading.Lock()
-        self._jobs = queue.SimpleQueue()
+        self._tasks = queue.SimpleQueue()
         self._idle = 0
         self._running = set()
 
@@ -180,20 +180,20 @@ if hasattr(os, "register_at_fork"):
 
 def run_in_thread(
     target: Callable[[], object], name: str, *, hold_exit: bool = False
-) -> RunningJob:
+) -> ThreadTask:
     """Run ``target()`` on a parked daemon thread, or on a new one if none is parked.
 
-    The thread carries ``name`` while the job runs. With ``hold_exit``, interpreter exit
-    waits for the job to end (as for a non-daemon thread). An exception that escapes
+    The thread carries ``name`` while the task runs. With ``hold_exit``, interpreter exit
+    waits for the task to end (as for a non-daemon thread). An exception that escapes
     ``target`` is logged on the ``clara`` logger.
     """
-    job = RunningJob(target, name, hold_exit=hold_exit)
-    _cache.run(job)
-    return job
+    task = ThreadTask(target, name, hold_exit=hold_exit)
+    _cache.run(task)
+    return task
 
 
-def running_jobs() -> list[RunningJob]:
-    """The jobs running now (for tests and diagnostics: join them to let a process settle)."""
+def running_tasks() -> list[ThreadTask]:
+    """The tasks running now (for tests and diagnostics: join them to let a process settle)."""
     return _cache.running()
 
 

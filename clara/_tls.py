@@ -25,13 +25,14 @@ from pathlib import Path
 import grpc
 
 from clara._exceptions import ConfigurationError
+from clara.contract import (
+    ENV_TLS_CA,
+    ENV_TLS_CERT,
+    ENV_TLS_KEY,
+    ENV_TLS_SERVER_NAME,
+)
 
 __all__ = [
-    "ENV_STAGE_TOKEN",
-    "ENV_TLS_CA",
-    "ENV_TLS_CERT",
-    "ENV_TLS_KEY",
-    "ENV_TLS_SERVER_NAME",
     "STAGE_TOKEN_METADATA",
     "TlsConfig",
     "TlsMaterial",
@@ -39,11 +40,6 @@ __all__ = [
     "resolve_tls",
 ]
 
-ENV_TLS_CA = "NVIDIA_CLARA_TLS_CA"
-ENV_TLS_CERT = "NVIDIA_CLARA_TLS_CERT"
-ENV_TLS_KEY = "NVIDIA_CLARA_TLS_KEY"
-ENV_TLS_SERVER_NAME = "NVIDIA_CLARA_TLS_SERVER_NAME"
-ENV_STAGE_TOKEN = "NVIDIA_CLARA_STAGE_TOKEN"
 
 STAGE_TOKEN_METADATA = "authorization"
 """The call metadata key carrying ``Bearer <token>`` on every stage API call."""

@@ -20,6 +20,8 @@ from datetime import timedelta
 from types import MappingProxyType
 from typing import TypeAlias
 
+from clara.contract import DEFAULT_STAGE_TIMEOUT
+
 __all__ = [
     "EventReport",
     "InputRef",
@@ -107,7 +109,7 @@ class StageSpec:
     name: str
     inputs: tuple[InputRef, ...] = ()
     outputs: tuple[OutputRef, ...] = ()
-    timeout: timedelta = timedelta(seconds=600)
+    timeout: timedelta = DEFAULT_STAGE_TIMEOUT
     variables: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
     @property
@@ -269,10 +271,6 @@ class Job:
             return self.stages[name]
         except KeyError:
             raise UnknownStageError(f"job {self.job_id} has no stage {name!r}") from None
-
-    def downstream(self, name: str) -> list[str]:
-        """Return the stages that read directly from ``name``, in definition order."""
-        return list(self._children[name])
 
     # -- transitions --------------------------------------------------------------------
 

@@ -45,7 +45,6 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from server_mock._core import JobRecord, PlatformState
 from server_mock._jobs import (
     CancelReason,
     InputRef,
@@ -58,6 +57,7 @@ from server_mock._jobs import (
 from server_mock._payloads import PayloadRecord, PayloadType
 from server_mock._pipeline_definition import parse_pipeline_definition
 from server_mock._pipelines import PipelineRecord
+from server_mock._platform_state import JobRecord, PlatformState
 from server_mock._workspace import JobLayout
 
 __all__ = ["SCHEMA_VERSION", "StateStore", "StateStoreError", "default_workspace"]

@@ -29,12 +29,13 @@ import datetime
 import heapq
 import math
 import posixpath
-import re
 import shlex
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Final, TypeAlias, TypeVar
 
 import yaml
+
+from clara.contract import DEFAULT_STAGE_TIMEOUT, MAX_STAGE_TIMEOUT, NAME_PATTERN
 
 __all__ = [
     "DEFAULT_STAGE_TIMEOUT",
@@ -65,17 +66,8 @@ MAX_DOCUMENT_NODES: Final = 100_000
 MAX_DOCUMENT_DEPTH: Final = 64
 """Deepest nesting of YAML collections a definition may have (also rejects recursive aliases)."""
 
-NAME_PATTERN: Final = re.compile(r"\A[A-Za-z0-9_-]{1,255}\Z")
-"""Pipeline, operator and output names: 1-255 ASCII letters, digits, ``_`` or ``-``."""
-
 SUPPORTED_API_VERSIONS: Final = ("0.3.0", "0.4.0")
 """The ``api-version`` values this parser accepts."""
-
-DEFAULT_STAGE_TIMEOUT: Final = datetime.timedelta(seconds=600)
-"""Timeout of an operator whose definition sets no ``timeout``."""
-
-MAX_STAGE_TIMEOUT: Final = datetime.timedelta(seconds=1800)
-"""Largest ``timeout`` an operator may set."""
 
 OPERATOR_KEYS: Final = frozenset(
     {
@@ -334,7 +326,7 @@ class PipelineDefinition:
             PipelineDefinitionError: The operators' dependencies form a cycle (only possible
                 for instances not built by :func:`parse_pipeline_definition`).
         """
-        order, _ = _kahn(self.operators)
+        order = _kahn(self.operators)
         if len(order) != len(self.operators):
             raise _cycle_error(self.operators, order)
         return tuple(self.operators[i].name for i in order)
@@ -370,7 +362,7 @@ def parse_pipeline_definition(text: str | bytes) -> PipelineDefinition:
         )
     operators = _parse_operators(document)
     _check_references(operators)
-    order, _ = _kahn(operators)
+    order = _kahn(operators)
     if len(order) != len(operators):
         raise _cycle_error(operators, order)
     return PipelineDefinition(api_version, name, operators, description)
@@ -509,8 +501,8 @@ def _check_references(operators: tuple[OperatorSpec, ...]) -> None:
                 )
 
 
-def _kahn(operators: tuple[OperatorSpec, ...]) -> tuple[list[int], list[int]]:
-    """Return (topological order, per-operator remaining in-degree) as operator indices."""
+def _kahn(operators: tuple[OperatorSpec, ...]) -> list[int]:
+    """Return the topological order as operator indices (short of all of them on a cycle)."""
     index_of = {spec.name: i for i, spec in enumerate(operators)}
     indegree = [0] * len(operators)
     children: list[list[int]] = [[] for _ in operators]
@@ -532,7 +524,7 @@ def _kahn(operators: tuple[OperatorSpec, ...]) -> tuple[list[int], list[int]]:
             indegree[child] -= 1
             if indegree[child] == 0:
                 heapq.heappush(ready, child)
-    return order, indegree
+    return order
 
 
 def _cycle_error(operators: tuple[OperatorSpec, ...], order: list[int]) -> PipelineDefinitionError:

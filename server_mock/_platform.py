@@ -26,10 +26,10 @@ from grpc_reflection.v1alpha import reflection
 from clara.stage_api import stage_service_pb2 as stage_pb
 from clara.stage_api import stage_service_pb2_grpc as stage_grpc
 from server_mock._auth import StageTokens
-from server_mock._core import InProcessLauncher, PlatformState, StageLauncher
 from server_mock._jobs import Job, JobState, StageSpec, StageState
 from server_mock._persistence import StateStore, default_workspace
 from server_mock._platform_api import DEFAULT_MAX_UPLOAD_BYTES, add_platform_api_to_server
+from server_mock._platform_state import InProcessLauncher, PlatformState, StageLauncher
 from server_mock._request_guard import RequestGuard
 from server_mock._stage_service import StageService
 from server_mock._tls import ServerTls
@@ -40,7 +40,6 @@ _log = logging.getLogger("server_mock")
 
 T = TypeVar("T")
 
-LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 SERVER_OPTIONS: list[tuple[str, int]] = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),

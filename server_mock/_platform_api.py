@@ -1,7 +1,7 @@
 """The public (legacy) Clara Platform API served by the mock: Clara, Pipelines, Jobs, Payloads.
 
 Wire-compatible with the published ``nvidia-clara-client`` 0.8.1.7. The servicers run on the
-mock's event loop and work on :class:`~server_mock._core.PlatformState`.
+mock's event loop and work on :class:`~server_mock._platform_state.PlatformState`.
 
 Error convention
 ----------------
@@ -42,12 +42,13 @@ from typing import Any, Final
 import grpc
 from google.protobuf.descriptor import ServiceDescriptor
 
-from server_mock._core import JobRecord, PlatformState
+from clara.contract import NAME_PATTERN, NAME_RULE
 from server_mock._errors import ApiError, ErrorCode
 from server_mock._jobs import CancelReason, Job, JobState, Stage, StageState
 from server_mock._payloads import CHUNK_SIZE, PayloadRecord, PayloadType, Upload
 from server_mock._pipeline_definition import MAX_DEFINITION_BYTES, PipelineDefinition
 from server_mock._pipelines import DEFAULT_DEFINITION_PATH
+from server_mock._platform_state import JobRecord, PlatformState
 from server_mock._proto.nvidia.clara.platform import (
     clara_pb2,
     clara_pb2_grpc,
@@ -116,7 +117,6 @@ DEFAULT_MAX_UPLOAD_BYTES: Final = 16 * 1024**3
 _UUID = re.compile(
     r"[0-9a-fA-F]{32}|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
 )
-_NAME = re.compile(r"[A-Za-z0-9_-]{1,255}")
 _VARIABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,254}")
 
 _JOB_PRIORITIES = frozenset(
@@ -244,8 +244,8 @@ def _timestamp_text(unix: float | None) -> str:
 
 
 def _check_name(name: str, what: str, code: ErrorCode) -> None:
-    if not _NAME.fullmatch(name):
-        raise ApiError(code, f"{what} {_show(name)} is not 1-255 characters of [A-Za-z0-9_-]")
+    if not NAME_PATTERN.match(name):
+        raise ApiError(code, f"{what} {_show(name)} is not {NAME_RULE}")
 
 
 # --- job state mapping ---------------------------------------------------------------------

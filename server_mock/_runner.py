@@ -37,6 +37,7 @@ from pathlib import Path
 
 import yaml
 
+from clara import contract
 from server_mock._jobs import Job, Stage, StageState
 from server_mock._pipeline_definition import OperatorSpec, PipelineDefinition
 from server_mock._workspace import JobLayout
@@ -48,18 +49,18 @@ _log = logging.getLogger("server_mock.runner")
 _PYTHON_NAMES = frozenset({"python", "python3", f"python3.{sys.version_info.minor}"})
 # The launcher decides these; an inherited value (e.g. from a developer's shell) must not leak.
 _DRIVER_VARIABLES = (
-    "NVIDIA_CLARA_STAGE_SERVICE",
-    "NVIDIA_CLARA_JOBID",
-    "NVIDIA_CLARA_STAGENAME",
-    "NVIDIA_CLARA_NOSYNCLOCK",
-    "NVIDIA_CLARA_INPUT",
-    "NVIDIA_CLARA_OUTPUT",
-    "NVIDIA_CLARA_LOGS",
-    "NVIDIA_CLARA_STAGE_TOKEN",
-    "NVIDIA_CLARA_TLS_CA",
-    "NVIDIA_CLARA_TLS_CERT",
-    "NVIDIA_CLARA_TLS_KEY",
-    "NVIDIA_CLARA_TLS_SERVER_NAME",
+    contract.ENV_STAGE_SERVICE,
+    contract.ENV_JOB_ID,
+    contract.ENV_STAGE_NAME,
+    contract.ENV_NOSYNCLOCK,
+    contract.ENV_INPUT,
+    contract.ENV_OUTPUT,
+    contract.ENV_LOGS,
+    contract.ENV_STAGE_TOKEN,
+    contract.ENV_TLS_CA,
+    contract.ENV_TLS_CERT,
+    contract.ENV_TLS_KEY,
+    contract.ENV_TLS_SERVER_NAME,
 )
 
 
@@ -174,22 +175,22 @@ class LocalProcessLauncher:
         stage = job.stage(operator.name).spec
         env.update(
             {
-                "NVIDIA_CLARA_STAGE_SERVICE": self._platform_address(),
-                "NVIDIA_CLARA_JOBID": str(job.job_id),
-                "NVIDIA_CLARA_STAGENAME": operator.name,
-                "NVIDIA_CLARA_LOGS": str(layout.logs_dir),
+                contract.ENV_STAGE_SERVICE: self._platform_address(),
+                contract.ENV_JOB_ID: str(job.job_id),
+                contract.ENV_STAGE_NAME: operator.name,
+                contract.ENV_LOGS: str(layout.logs_dir),
                 "PYTHONUNBUFFERED": "1",
             }
         )
         if stage.inputs:
-            env["NVIDIA_CLARA_INPUT"] = stage.inputs[0].path
+            env[contract.ENV_INPUT] = stage.inputs[0].path
         if stage.outputs:
-            env["NVIDIA_CLARA_OUTPUT"] = stage.outputs[0].path
+            env[contract.ENV_OUTPUT] = stage.outputs[0].path
         env.update(self._extra_env)
         env.update(stage.variables)
         # Last, so no variable of the pipeline can replace the platform-issued credential.
         if self._stage_token is not None:
-            env["NVIDIA_CLARA_STAGE_TOKEN"] = self._stage_token(job.job_id, operator.name)
+            env[contract.ENV_STAGE_TOKEN] = self._stage_token(job.job_id, operator.name)
         return env
 
     async def start(self, job: Job, definition: PipelineDefinition, layout: JobLayout) -> None:

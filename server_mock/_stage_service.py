@@ -11,6 +11,7 @@ from typing import TypeVar
 import grpc
 from google.protobuf import duration_pb2, timestamp_pb2
 
+from clara.contract import MAX_EVENTS_PER_BATCH, NAME_PATTERN, NAME_RULE
 from clara.stage_api import stage_service_pb2 as pb
 from clara.stage_api import stage_service_pb2_grpc as pb_grpc
 from server_mock._auth import AuthResult, StageTokens, token_from_metadata
@@ -31,10 +32,8 @@ __all__ = ["StageService"]
 _log = logging.getLogger("server_mock.stage")
 _T = TypeVar("_T")
 
-_NAME = re.compile(r"[A-Za-z0-9_-]{1,255}")
 _REPORT_ID = re.compile(r"[\x21-\x7e]{1,128}")
 MAX_MESSAGE_CHARS = 4096
-MAX_EVENTS_PER_CALL = 256
 # google.protobuf.Timestamp's valid range: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z.
 _MIN_SECONDS = -62_135_596_800
 _MAX_SECONDS = 253_402_300_799
@@ -101,11 +100,12 @@ def _event_reports(events: Sequence[pb.StageEvent], minimum: int) -> list[EventR
     """Check a request's ``events`` (all of them, before any is recorded) and convert them.
 
     Raises:
-        _InvalidEventError: The count is outside ``minimum``-256, or an event is malformed.
+        _InvalidEventError: The count is outside ``minimum``-``MAX_EVENTS_PER_BATCH``, or an
+            event is malformed.
     """
-    if not minimum <= len(events) <= MAX_EVENTS_PER_CALL:
+    if not minimum <= len(events) <= MAX_EVENTS_PER_BATCH:
         raise _InvalidEventError(
-            f"events: {len(events)} events; expected {minimum}-{MAX_EVENTS_PER_CALL}"
+            f"events: {len(events)} events; expected {minimum}-{MAX_EVENTS_PER_BATCH}"
         )
     return [
         _event_report(e.kind, e.message, e.time if e.HasField("time") else None, f"events[{i}].")
@@ -212,10 +212,10 @@ class StageService(pb_grpc.StageServiceServicer):
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"stage.job_id: {ref.job_id[:64]!r} is not a UUID",
             )
-        if not _NAME.fullmatch(ref.stage_name):
+        if not NAME_PATTERN.match(ref.stage_name):
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT,
-                f"stage.stage_name: {ref.stage_name[:64]!r} is not 1-255 of [A-Za-z0-9_-]",
+                f"stage.stage_name: {ref.stage_name[:64]!r} is not {NAME_RULE}",
             )
         await self._authorize(job_id, ref.stage_name, context)
         try:

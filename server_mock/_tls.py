@@ -8,6 +8,8 @@ from pathlib import Path
 
 import grpc
 
+from clara import contract
+
 __all__ = [
     "ServeTls",
     "ServerTls",
@@ -185,10 +187,10 @@ def serve_tls_from_args(args: argparse.Namespace) -> ServeTls | None:
         server.credentials()  # read and check every file now, naming the flag
     except TlsFileError as error:
         raise TlsUsageError(f"{_FLAGS[error.setting]} {error.path}: {error.reason}") from None
-    env = {"NVIDIA_CLARA_TLS_CA": str(_file("--tls-operator-ca", operator_ca or cert))}
+    env = {contract.ENV_TLS_CA: str(_file("--tls-operator-ca", operator_ca or cert))}
     if operator_cert is not None and operator_key is not None:
-        env["NVIDIA_CLARA_TLS_CERT"] = str(_file("--tls-operator-cert", operator_cert))
-        env["NVIDIA_CLARA_TLS_KEY"] = str(_file("--tls-operator-key", operator_key))
+        env[contract.ENV_TLS_CERT] = str(_file("--tls-operator-cert", operator_cert))
+        env[contract.ENV_TLS_KEY] = str(_file("--tls-operator-key", operator_key))
     return ServeTls(server, env)
 
 

@@ -48,6 +48,7 @@ from typing import Any
 import pytest
 
 import clara
+from clara import contract
 from server_mock._client import JobStatus, PlatformClient
 from server_mock._jobs import InputRef, OutputRef, StageSpec, StageState
 from server_mock._platform import JobSnapshot, MockPlatform, StageSnapshot
@@ -120,7 +121,7 @@ def run_stage(
     upstream: Mapping[str, str] | None = None,
     input_dir: Path | str | None = None,
     output_dir: Path | str | None = None,
-    stage_timeout: timedelta = timedelta(seconds=600),
+    stage_timeout: timedelta = contract.DEFAULT_STAGE_TIMEOUT,
     app_data: object = None,
     job_name: str = "test-job",
     wait: float = DEFAULT_STAGE_WAIT,

@@ -11,7 +11,7 @@ from concurrent import futures
 import pytest
 
 from clara import _threads
-from clara._threads import run_in_thread, running_jobs, wait_for_any
+from clara._threads import run_in_thread, running_tasks, wait_for_any
 
 WAIT = 10.0
 
@@ -38,7 +38,7 @@ def test_the_thread_carries_the_job_name_while_it_runs() -> None:
     assert job.join(WAIT)
     assert names == ["clara-test-name"]
     assert job.ended
-    assert job not in running_jobs()
+    assert job not in running_tasks()
 
 
 def test_join_times_out_while_the_job_runs() -> None:
@@ -47,7 +47,7 @@ def test_join_times_out_while_the_job_runs() -> None:
     try:
         assert not job.join(0.01)
         assert not job.ended
-        assert job in running_jobs()
+        assert job in running_tasks()
     finally:
         release.set()
     assert job.join(WAIT)

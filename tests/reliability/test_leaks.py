@@ -19,7 +19,7 @@ from _faults import WAIT
 
 import clara
 from clara._channels import open_channel_count
-from clara._threads import running_jobs
+from clara._threads import running_tasks
 from server_mock import InputRef, MockPlatform, StageSpec
 
 LIFECYCLES = 500
@@ -126,7 +126,7 @@ LINGERING_JOBS = ("clara-channel-closer",)
 def settle() -> None:
     """Join the drivers' jobs (threads) that are still ending (bounded): they must all end."""
     deadline = time.monotonic() + 10
-    for job in running_jobs():
+    for job in running_tasks():
         if job.name not in LINGERING_JOBS:
             job.join(max(deadline - time.monotonic(), 0))
 
