@@ -26,6 +26,7 @@ from grpc_reflection.v1alpha import reflection
 from clara.stage_api import stage_service_pb2 as stage_pb
 from clara.stage_api import stage_service_pb2_grpc as stage_grpc
 from server_mock._auth import StageTokens
+from server_mock._health import HealthService
 from server_mock._jobs import Job, JobState, StageSpec, StageState
 from server_mock._persistence import StateStore, default_workspace
 from server_mock._platform_api import DEFAULT_MAX_UPLOAD_BYTES, add_platform_api_to_server
@@ -241,7 +242,7 @@ class MockPlatform:
         platform_services = add_platform_api_to_server(
             server, self.state, max_upload_bytes=self._max_upload_bytes
         )
-        health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]  # untyped alias
+        health_servicer = HealthService()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         served = [
             stage_pb.DESCRIPTOR.services_by_name["StageService"].full_name,

@@ -9,6 +9,7 @@ runs, so nothing changes. Streaming requests are checked message by message.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -81,7 +82,7 @@ def _guard(method: str, handler: Any) -> Any:
         handler.stream_stream,
     )
     if not any(_is_async(b) for b in behaviors):
-        return handler  # a synchronous servicer (run in threads by grpc): left as it is
+        return _guard_sync(method, handler)
     decode = _decoder(handler.request_deserializer)
     encode = handler.response_serializer
     if handler.request_streaming and handler.response_streaming:
@@ -115,6 +116,29 @@ def _guard(method: str, handler: Any) -> Any:
         if isinstance(request, _Undecodable):
             await _refuse(method, request, context)
         return await inner_uu(request, context)
+
+    return grpc.unary_unary_rpc_method_handler(unary_unary, decode, encode)
+
+
+def _guard_sync(method: str, handler: Any) -> Any:
+    """Guard a synchronous behavior that takes one request (e.g. ``Health/List``).
+
+    The aio server runs a synchronous behavior on an executor thread; the guarded one does the
+    same once the request decoded. Synchronous behaviors that read a request stream are left
+    as they are: none is served.
+    """
+    if handler.request_streaming:
+        return handler
+    decode = _decoder(handler.request_deserializer)
+    encode = handler.response_serializer
+    if handler.response_streaming:
+        return handler  # no synchronous server-streaming behavior is served either
+    inner = handler.unary_unary
+
+    async def unary_unary(request: Any, context: Any) -> Any:
+        if isinstance(request, _Undecodable):
+            await _refuse(method, request, context)
+        return await asyncio.get_running_loop().run_in_executor(None, inner, request, context)
 
     return grpc.unary_unary_rpc_method_handler(unary_unary, decode, encode)
 
