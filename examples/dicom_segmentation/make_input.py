@@ -25,15 +25,15 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
-from pydicom.valuerep import DS
+from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.valuerep import DSfloat
 
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "input"
 DEFAULT_SEED = 20240611
@@ -290,8 +290,8 @@ def _uid(spec: SeriesSpec, *parts: object) -> str:
     return str(generate_uid(entropy_srcs=[UID_NAMESPACE, str(spec.seed), *map(str, parts)]))
 
 
-def _ds(values: Sequence[float]) -> list[DS]:
-    return [DS(round(float(v), 6), auto_format=True) for v in values]
+def _ds(values: Iterable[float]) -> list[DSfloat]:
+    return [DSfloat(round(float(v), 6), auto_format=True) for v in values]
 
 
 def slice_dataset(
@@ -307,7 +307,7 @@ def slice_dataset(
     """One slice as a CT Image Storage data set, with its file meta information."""
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = CTImageStorage
-    meta.MediaStorageSOPInstanceUID = sop_instance_uid
+    meta.MediaStorageSOPInstanceUID = UID(sop_instance_uid)
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = Dataset()
     ds.file_meta = meta
@@ -327,7 +327,7 @@ def slice_dataset(
     ds.PatientID = "PHANTOM-0001"
     ds.PatientBirthDate = ""
     ds.PatientSex = "O"
-    ds.SliceThickness = DS(spec.slice_spacing, auto_format=True)
+    ds.SliceThickness = DSfloat(spec.slice_spacing, auto_format=True)
     ds.KVP = "120"
     ds.StudyInstanceUID = uids["study"]
     ds.SeriesInstanceUID = uids["series"]
@@ -339,7 +339,7 @@ def slice_dataset(
     ds.ImageOrientationPatient = _ds(spec.orientation)
     ds.FrameOfReferenceUID = uids["frame_of_reference"]
     ds.PositionReferenceIndicator = ""
-    ds.SliceLocation = DS(distance, auto_format=True)
+    ds.SliceLocation = DSfloat(round(distance, 6), auto_format=True)
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
     ds.Rows, ds.Columns = stored.shape
@@ -350,8 +350,8 @@ def slice_dataset(
     ds.PixelRepresentation = spec.pixel_representation
     ds.WindowCenter = "40"
     ds.WindowWidth = "400"
-    ds.RescaleIntercept = DS(spec.rescale_intercept, auto_format=True)
-    ds.RescaleSlope = DS(spec.rescale_slope, auto_format=True)
+    ds.RescaleIntercept = DSfloat(spec.rescale_intercept, auto_format=True)
+    ds.RescaleSlope = DSfloat(spec.rescale_slope, auto_format=True)
     ds.RescaleType = "HU"
     dtype = "<i2" if spec.pixel_representation else "<u2"
     ds.PixelData = stored.astype(dtype).tobytes()

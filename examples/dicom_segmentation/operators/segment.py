@@ -133,7 +133,7 @@ def segment_volume(
         relabel[old_label] = new_label
     labels = relabel[raw]
     boxes = ndimage.find_objects(labels, max_label=len(kept))
-    components = []
+    components: list[dict[str, Any]] = []
     for new_label, (old_label, box) in enumerate(zip(kept, boxes, strict=True), start=1):
         assert box is not None  # every kept label has voxels
         components.append(
