@@ -406,10 +406,15 @@ def test_empty_input_and_uneven_spacing(ex: SimpleNamespace, tmp_path: Path) -> 
         ex.series.read_series(tmp_path / "uneven")
 
 
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
 def test_reader_stage_fails_on_bad_input_and_writes_nothing(
-    ex: SimpleNamespace, clara_stage_runner: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    ex: SimpleNamespace,
+    clara_stage_runner: Any,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    case: str,
 ) -> None:
-    bad_input(ex, tmp_path / "input", "missing-slice")
+    patterns = bad_input(ex, tmp_path / "input", case)
 
     run = clara_stage_runner(
         execute=ex.reader.execute,
@@ -420,7 +425,11 @@ def test_reader_stage_fails_on_bad_input_and_writes_nothing(
 
     assert not run.result.succeeded
     assert run.snapshot.state.value == "failed"
-    assert "CT0009.dcm -> CT0012.dcm" in caplog.text
+    assert run.result.message == "execute returned False"  # the reason is in the log
+    errors = [r.getMessage() for r in caplog.records if r.name == ex.reader.logger.name]
+    assert errors[-1].startswith("dicom-reader failed: "), errors
+    for pattern in patterns:
+        assert re.search(pattern, errors[-1]), errors[-1]
     assert list((tmp_path / "out").iterdir()) == []
 
 
