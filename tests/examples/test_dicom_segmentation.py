@@ -297,6 +297,25 @@ def test_reader_accepts_sub_folders_and_skips_a_dicomdir(
     assert geometry["files"] == [f"SERIES1/{name}" for name in committed.files]
 
 
+def test_each_slice_is_rescaled_with_its_own_slope_and_intercept(
+    ex: SimpleNamespace, tmp_path: Path, committed: Any
+) -> None:
+    shutil.copytree(INPUT, tmp_path / "input")
+    ds = pydicom.dcmread(tmp_path / "input" / "CT0005.dcm")
+    stored = ds.pixel_array.astype(np.int32) + 76  # the same HU with intercept -1100
+    ds.RescaleIntercept = -1100
+    ds.PixelData = stored.astype("<u2").tobytes()
+    ds.save_as(tmp_path / "input" / "CT0005.dcm")
+
+    volume, geometry = ex.reader.read_volume(tmp_path / "input")
+
+    np.testing.assert_array_equal(volume, committed.hu)
+    assert geometry["rescale"] == [
+        {"slope": 1.0, "intercept": -1100.0},
+        {"slope": 1.0, "intercept": -1024.0},
+    ]
+
+
 def test_single_slice_uses_slice_thickness(ex: SimpleNamespace, tmp_path: Path) -> None:
     (tmp_path / "in").mkdir()
     shutil.copy(INPUT / "CT0005.dcm", tmp_path / "in")
