@@ -422,8 +422,7 @@ def slice_spacing(slices: Sequence[Slice]) -> float:
 
     The nominal spacing is the median step between consecutive slices; every step must
     match it within :data:`SPACING_TOLERANCE`. A step of about twice it or more is a missing
-    slice.
-    A single-slice series uses ``SpacingBetweenSlices`` or else ``SliceThickness``.
+    slice. A single-slice series uses ``SpacingBetweenSlices`` or else ``SliceThickness``.
 
     Raises:
         SeriesError: The steps are uneven; the message gives the positions and the files
