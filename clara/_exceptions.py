@@ -1,7 +1,9 @@
 """The exception hierarchy of the ``clara`` package, and the one gRPC-status mapping.
 
 Callers catch these types, never ``grpc.RpcError``: every failed call to the platform is
-converted once, by :func:`from_grpc_error`, at the edge where the call is made.
+converted once, by :func:`from_grpc_error`, at the edge where the call is made; the converted
+error keeps the original ``grpc.RpcError`` as its ``__cause__`` (as python-api-core's
+``from_grpc_error`` keeps it), so a traceback still shows what gRPC said.
 """
 
 from __future__ import annotations
@@ -123,7 +125,9 @@ def from_grpc_error(method: str, error: grpc.RpcError) -> PlatformError:
         error: The error raised by a gRPC stub (it is also a ``grpc.Call``).
 
     Returns:
-        The converted error; codes without a dedicated subclass give a plain ``PlatformError``.
+        The converted error, with ``error`` as its ``__cause__``; codes without a dedicated
+        subclass give a plain ``PlatformError``. Raise it ``from error`` (or re-raise it as
+        is): ``raise ... from None`` would drop the cause again.
     """
     code_fn = getattr(error, "code", None)
     details_fn = getattr(error, "details", None)
@@ -131,4 +135,6 @@ def from_grpc_error(method: str, error: grpc.RpcError) -> PlatformError:
     details = details_fn() if callable(details_fn) else str(error)
     if not isinstance(code, grpc.StatusCode):
         code = grpc.StatusCode.UNKNOWN
-    return _BY_CODE.get(code, PlatformError)(method, code, details or "")
+    converted = _BY_CODE.get(code, PlatformError)(method, code, details or "")
+    converted.__cause__ = error
+    return converted

@@ -174,6 +174,7 @@ def test_permanent_report_error_is_not_retried(
     result = driver.wait_for_completion(WAIT)
     assert result.succeeded and not result.reported
     assert isinstance(result.error, clara.PermissionDeniedError)
+    assert isinstance(result.error.__cause__, grpc.RpcError)
     assert any(n.kind is clara.NotificationKind.ERROR and "not yours" in n.message for n in notes)
     watch.terminate((), grpc.StatusCode.OK, "")
 

@@ -470,6 +470,7 @@ def test_unknown_job_fails_with_not_found_and_still_cleans_up(
     (result,) = run_all(drivers, driver)
     assert result.outcome is clara.StageOutcome.FAILED
     assert isinstance(result.error, clara.NotFoundError)
+    assert isinstance(result.error.__cause__, grpc.RpcError)  # what gRPC said is kept
     assert "NOT_FOUND" in result.message
     assert not result.reported
     assert recorder.calls == ["ghost.cleanup"]
@@ -494,6 +495,9 @@ def test_unreachable_platform_retries_until_the_connect_deadline(
     (result,) = run_all(drivers, driver)
     assert result.outcome is clara.StageOutcome.FAILED
     assert isinstance(result.error, clara.PlatformUnavailableError)
+    # Rewritten to say how long connecting was tried, it still carries gRPC's own error.
+    assert isinstance(result.error.__cause__, grpc.RpcError)
+    assert result.error.__cause__.code() is grpc.StatusCode.UNAVAILABLE
     assert recorder.kinds().count(clara.NotificationKind.CONNECT_RETRY) >= 1
 
 

@@ -9,8 +9,8 @@ from typing import Any
 import grpc
 import pytest
 
-from clara import _grpc_link
-from clara._grpc_link import MAX_EVENTS_PER_BATCH, _EventBatches
+from clara import _event_batches
+from clara._event_batches import MAX_EVENTS_PER_BATCH, EventBatches
 from clara._stage_link import EventKind
 from clara.stage_api import stage_service_pb2 as pb
 
@@ -88,12 +88,12 @@ class Stub:
         return self.calls[-1]
 
 
-def queue_for(stub: Stub) -> _EventBatches:
+def queue_for(stub: Stub) -> EventBatches:
     ref = pb.StageRef(job_id="6f1c1a2e-0d43-4b59-9c3a-0a3f5b0f7d21", stage_name="s")
-    return _EventBatches(stub, ref, None)  # type: ignore[arg-type]
+    return EventBatches(stub, ref, None)  # type: ignore[arg-type]
 
 
-def add(events: _EventBatches, *messages: str) -> None:
+def add(events: EventBatches, *messages: str) -> None:
     for message in messages:
         events.add(EventKind.EXECUTE_STARTED, message)
 
@@ -162,7 +162,7 @@ def test_a_batch_in_flight_when_the_report_is_taken_is_waited_for_and_not_lost()
 def test_a_batch_still_in_flight_after_the_wait_goes_with_the_report_too(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(_grpc_link, "EVENT_FLUSH_TIMEOUT", 0.01)
+    monkeypatch.setattr(_event_batches, "EVENT_FLUSH_TIMEOUT", 0.01)
     stub = Stub(grpc.StatusCode.DEADLINE_EXCEEDED, deferred=True)
     events = queue_for(stub)
     add(events, "a")
@@ -178,7 +178,7 @@ def test_a_batch_still_in_flight_after_the_wait_goes_with_the_report_too(
 def test_a_follow_up_batch_sent_while_the_report_waits_is_not_duplicated(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(_grpc_link, "EVENT_FLUSH_TIMEOUT", 0.01)
+    monkeypatch.setattr(_event_batches, "EVENT_FLUSH_TIMEOUT", 0.01)
     stub = Stub(deferred=True)
     events = queue_for(stub)
     add(events, "a")

@@ -7,7 +7,8 @@ from concurrent import futures
 
 import pytest
 
-from clara._driver import _Started, _StartOnInputsReady
+from clara._callback_start import StartedCallback as _Started
+from clara._callback_start import StartOnInputsReady as _StartOnInputsReady
 from clara._stage_link import Signal, SignalKind
 from clara._threads import DaemonExecutor
 

@@ -176,3 +176,47 @@ def test_a_driver_whose_main_returns_at_once_still_runs_its_life_cycle_to_the_en
         "cleanup",
         "completed: succeeded: all callbacks succeeded",
     ], done.stdout
+
+
+def test_interpreter_exit_waits_for_notifications_queued_before_the_life_cycle_ended() -> None:
+    # The notification callback is slower than the life-cycle's own wait for it (the grace
+    # period): the life-cycle ends with `completed` still queued behind a slow notification,
+    # and the main thread has already returned. Exit must still deliver it (bounded).
+    script = textwrap.dedent(
+        """
+        import time
+        import uuid
+        from datetime import timedelta
+        import clara
+
+        def report(driver, notification):
+            if notification.kind is clara.NotificationKind.CLEANUP_FINISHED:
+                time.sleep(2.0)  # longer than the 0.2 s grace the life-cycle waits
+                print("slow notification delivered", flush=True)
+            if notification.kind is clara.NotificationKind.COMPLETED:
+                print("completed:", notification.message, flush=True)
+
+        driver = clara.Driver(
+            execute=lambda d, p: True,
+            cleanup=lambda d: True,
+            notify=report,
+            standalone=True,
+            job_id=uuid.uuid4(),
+            stage_name="exiting",
+            timeouts=clara.DriverTimeouts(grace=timedelta(milliseconds=200)),
+            environ={},
+        )
+        driver.start()
+        print("main returns", flush=True)
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "main returns",
+        "slow notification delivered",
+        "completed: succeeded: all callbacks succeeded",
+    ], (done.stdout, done.stderr)
+    assert "interpreter exit waits" in done.stderr  # the slow callback is not silent either
