@@ -28,7 +28,9 @@ __all__ = [
     "Job",
     "JobState",
     "JobStore",
+    "OutcomeRefusedError",
     "Stage",
+    "StageOutcome",
     "StageSpec",
     "StageState",
     "UnknownJobError",
@@ -68,6 +70,20 @@ class JobState(enum.Enum):
     def terminal(self) -> bool:
         """True for SUCCEEDED, FAILED and CANCELLED."""
         return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
+
+
+class StageOutcome(enum.Enum):
+    """The outcome a stage's driver reports (the four ends of a stage it can name)."""
+
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    TIMED_OUT = "timed_out"
+    CANCELLED = "cancelled"
+
+    @property
+    def state(self) -> StageState:
+        """The stage's state once this outcome is applied."""
+        return StageState(self.value)
 
 
 class CancelReason(enum.Enum):
@@ -195,12 +211,11 @@ class UnknownStageError(LookupError):
     """The job has no stage with the given name."""
 
 
-_OUTCOME_STATES = {
-    "succeeded": StageState.SUCCEEDED,
-    "failed": StageState.FAILED,
-    "timed_out": StageState.TIMED_OUT,
-    "cancelled": StageState.CANCELLED,
-}
+class OutcomeRefusedError(Exception):
+    """An outcome report the state machine refuses; nothing changed.
+
+    The text starts with the request field at fault (``stage: ...`` or ``outcome: ...``).
+    """
 
 
 class Job:
@@ -286,20 +301,39 @@ class Job:
         self._transitioned()
 
     def complete_stage(
-        self, name: str, report_id: str, outcome: str, message: str
+        self, name: str, report_id: str, outcome: StageOutcome, message: str
     ) -> tuple[StageState, bool]:
         """Apply a stage's outcome report, once per stage.
+
+        Every rule about outcome reports lives here, so that each front end (the stage API,
+        the pytest plugin, tests) gets the same answer: a stage of a job that has not started
+        cannot report; a stage cannot succeed before its inputs are ready (it may fail, time
+        out or be cancelled while waiting); a stage that has ended keeps its state, and a
+        retry of the report that ended it is acknowledged again.
 
         Returns:
             The stage's state after the report, and whether the report with this id is the
             one that set it (a retried report gets the same answer as the first).
+
+        Raises:
+            UnknownStageError: No such stage.
+            OutcomeRefusedError: The job has not started, or the stage reports success while
+                still waiting for its inputs. Nothing changes.
         """
         stage = self.stage(name)
+        if self.state is JobState.CREATED:
+            raise OutcomeRefusedError(
+                f"stage: job {self.job_id} has not started; its stages cannot report yet"
+            )
         if stage.state.terminal:
             return stage.state, bool(stage.report_id) and stage.report_id == report_id
+        if outcome is StageOutcome.SUCCEEDED and stage.state is StageState.WAITING:
+            raise OutcomeRefusedError(
+                f"outcome: stage {name!r} cannot succeed before its inputs are ready"
+            )
         stage.report_id = report_id
         stage.reports_applied += 1
-        self._end_stage(stage, _OUTCOME_STATES[outcome], message)
+        self._end_stage(stage, outcome.state, message)
         self._settle(stage)
         self._transitioned()
         return stage.state, True

@@ -19,9 +19,10 @@ from server_mock._jobs import (
     CancelReason,
     EventReport,
     Job,
-    JobState,
     JobStore,
+    OutcomeRefusedError,
     Stage,
+    StageOutcome,
     StageState,
     UnknownJobError,
     UnknownStageError,
@@ -47,10 +48,10 @@ _STATES = {
     StageState.CANCELLED: pb.STAGE_STATE_CANCELLED,
 }
 _OUTCOMES = {
-    pb.STAGE_OUTCOME_SUCCEEDED: "succeeded",
-    pb.STAGE_OUTCOME_FAILED: "failed",
-    pb.STAGE_OUTCOME_CANCELLED: "cancelled",
-    pb.STAGE_OUTCOME_TIMED_OUT: "timed_out",
+    pb.STAGE_OUTCOME_SUCCEEDED: StageOutcome.SUCCEEDED,
+    pb.STAGE_OUTCOME_FAILED: StageOutcome.FAILED,
+    pb.STAGE_OUTCOME_CANCELLED: StageOutcome.CANCELLED,
+    pb.STAGE_OUTCOME_TIMED_OUT: StageOutcome.TIMED_OUT,
 }
 
 
@@ -281,19 +282,13 @@ class StageService(pb_grpc.StageServiceServicer):
             raise AssertionError("unreachable: abort raises")
         events = await _checked(context, lambda: _event_reports(request.events, minimum=0))
         job, stage = await self._resolve(request.stage, context)
-        if job.state is JobState.CREATED:
-            await context.abort(
-                grpc.StatusCode.FAILED_PRECONDITION,
-                f"stage: job {job.job_id} has not started; its stages cannot report yet",
+        try:
+            state, applied = job.complete_stage(
+                stage.spec.name, request.report_id, outcome, request.message[:MAX_MESSAGE_CHARS]
             )
-        if outcome == "succeeded" and stage.state is StageState.WAITING:
-            await context.abort(
-                grpc.StatusCode.FAILED_PRECONDITION,
-                f"outcome: stage {stage.spec.name!r} cannot succeed before its inputs are ready",
-            )
-        state, applied = job.complete_stage(
-            stage.spec.name, request.report_id, outcome, request.message[:MAX_MESSAGE_CHARS]
-        )
+        except OutcomeRefusedError as error:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(error))
+            raise AssertionError("unreachable: abort raises") from None
         # Recorded even when the report did not apply: the events are still the driver's real
         # history. A retry of the same report records nothing.
         recorded = (
@@ -303,7 +298,7 @@ class StageService(pb_grpc.StageServiceServicer):
             "job %s stage %s reported %s (report %s): state %s, applied %s, %d events recorded",
             job.job_id,
             stage.spec.name,
-            outcome,
+            outcome.value,
             request.report_id,
             state.value,
             applied,

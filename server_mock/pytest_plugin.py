@@ -50,7 +50,7 @@ import pytest
 import clara
 from clara import contract
 from server_mock._client import JobStatus, PlatformClient
-from server_mock._jobs import InputRef, OutputRef, StageSpec, StageState
+from server_mock._jobs import InputRef, OutputRef, StageOutcome, StageSpec, StageState
 from server_mock._platform import JobSnapshot, MockPlatform, StageSnapshot
 from server_mock._runner import LocalProcessLauncher, RunnerTimeouts
 
@@ -131,11 +131,14 @@ def run_stage(
 
     Without ``stages`` the job has the single stage ``stage`` (default ``"stage"``) reading
     ``input_dir`` and writing ``output_dir`` (each optional). With ``stages``, the callbacks
-    run as ``stage`` (default: the last one) and the helper ends every other stage from the
-    platform's side with the outcome in ``upstream`` (``"succeeded"``, the default,
-    ``"failed"``, ``"timed_out"`` or ``"cancelled"``), in the order given, once the driver
-    has its context: so ``prepare`` runs while upstream stages are still "working", and a
-    failed upstream stage shows how the operator handles a cancellation.
+    run as ``stage`` (default: the last one) and the helper reports every other stage's
+    outcome as its driver would, with the outcome in ``upstream`` (``"succeeded"``, the
+    default, ``"failed"``, ``"timed_out"`` or ``"cancelled"``), in the order given: the
+    stages ``stage`` does not depend on once the driver has its context (so ``prepare`` runs
+    while upstream stages are still "working", and a failed upstream stage shows how the
+    operator handles a cancellation), the stages that depend on ``stage`` once its driver
+    completed (a stage cannot succeed before its inputs are ready). The platform's rules for
+    outcome reports apply as they do to real drivers.
 
     Args:
         platform: A running mock platform (e.g. the ``clara_platform`` fixture).
@@ -168,7 +171,10 @@ def run_stage(
     """
     specs, name = _stage_specs(stage, stages, input_dir, output_dir, stage_timeout)
     others = _other_stages(specs, name, upstream)
-    outcomes = dict(upstream or {})
+    outcomes = {other: StageOutcome(value) for other, value in (upstream or {}).items()}
+    downstream = _downstream_of(specs, name)
+    before = [other for other in others if other not in downstream]
+    after = [other for other in others if other in downstream]
     job_id = platform.create_job(specs, name=job_name)
     collected: list[clara.Notification] = []
 
@@ -194,7 +200,7 @@ def run_stage(
     )
     deadline = time.monotonic() + wait
     driver.start()
-    if others:
+    if before:
         # Let the driver fetch its context first, so prepare overlaps the upstream work.
         with contextlib.suppress(TimeoutError):
             platform.wait_for_stage(
@@ -203,7 +209,7 @@ def run_stage(
                 lambda s: "context_received" in s.events or s.state.terminal,
                 timeout=min(_CONTEXT_WAIT, wait),
             )
-        platform.call(lambda: _end_other_stages(platform, job_id, others, outcomes))
+        platform.call(lambda: _end_other_stages(platform, job_id, before, outcomes))
     try:
         result = driver.wait_for_completion(max(deadline - time.monotonic(), 0.001))
     except clara.WaitTimeoutError:
@@ -214,6 +220,8 @@ def run_stage(
             f"stage {name} of job {job_id} did not complete within {wait} s "
             f"(driver {driver.state.value}); the job was cancelled"
         ) from None
+    if after:
+        platform.call(lambda: _end_other_stages(platform, job_id, after, outcomes))
     return StageRun(
         job_id=job_id,
         stage=name,
@@ -223,7 +231,7 @@ def run_stage(
     )
 
 
-_OUTCOMES = ("succeeded", "failed", "timed_out", "cancelled")
+_OUTCOMES = tuple(outcome.value for outcome in StageOutcome)
 
 
 def _other_stages(
@@ -243,14 +251,27 @@ def _other_stages(
     return [other for other in known if other != name]
 
 
+def _downstream_of(specs: Sequence[StageSpec], name: str) -> set[str]:
+    """The stages that depend on ``name``, directly or through others."""
+    found: set[str] = set()
+    frontier = {name}
+    while frontier:
+        frontier = {s.name for s in specs if s.upstream & frontier} - found
+        found |= frontier
+    return found
+
+
 def _end_other_stages(
-    platform: MockPlatform, job_id: uuid.UUID, others: list[str], outcomes: Mapping[str, str]
+    platform: MockPlatform,
+    job_id: uuid.UUID,
+    others: list[str],
+    outcomes: Mapping[str, StageOutcome],
 ) -> None:
     """On the loop thread: report each other stage's outcome as its driver would."""
     job = platform.jobs.get(job_id)
     for other in others:
-        outcome = outcomes.get(other, "succeeded")
-        job.complete_stage(other, uuid.uuid4().hex, outcome, f"{outcome} (set by run_stage)")
+        outcome = outcomes.get(other, StageOutcome.SUCCEEDED)
+        job.complete_stage(other, uuid.uuid4().hex, outcome, f"{outcome.value} (set by run_stage)")
 
 
 def _stage_specs(

@@ -102,6 +102,37 @@ def test_failed_upstream_cancels_the_stage_without_execute(
     assert clara.NotificationKind.CANCELLED in run.kinds
 
 
+def test_stages_downstream_of_the_stage_end_after_it(clara_stage_runner: StageRunner) -> None:
+    stages = [
+        StageSpec("up"),
+        StageSpec("mine", inputs=(InputRef("/u", from_stage="up"),)),
+        StageSpec("down", inputs=(InputRef("/m", from_stage="mine"),)),
+        StageSpec("last", inputs=(InputRef("/d", from_stage="down"),)),
+    ]
+
+    run = clara_stage_runner(execute=lambda d, p: True, stage="mine", stages=stages)
+
+    assert run.result.succeeded
+    assert run.job.state.value == "succeeded"
+    down, mine = run.job.stages["down"], run.job.stages["mine"]
+    # The platform's rule holds for the helper too: "down" succeeded only once its input was.
+    assert down.ready_at is not None and mine.ended_at is not None
+    assert down.ready_at >= mine.ended_at
+
+
+def test_stages_downstream_of_a_failed_stage_are_cancelled(
+    clara_stage_runner: StageRunner,
+) -> None:
+    stages = [StageSpec("mine"), StageSpec("down", inputs=(InputRef("/m", from_stage="mine"),))]
+
+    run = clara_stage_runner(
+        execute=lambda d, p: False, stage="mine", stages=stages, upstream={"down": "succeeded"}
+    )
+
+    assert run.snapshot.state is StageState.FAILED
+    assert run.job.stages["down"].state is StageState.CANCELLED
+
+
 def test_run_stage_rejects_bad_arguments(clara_platform: Any) -> None:
     with pytest.raises(ValueError, match="'ghost' is not one of the stages"):
         run_stage(clara_platform, stage="ghost", stages=[StageSpec("a")])

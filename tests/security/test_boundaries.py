@@ -11,7 +11,7 @@ from clara._grpc_link import CHANNEL_OPTIONS
 from server_mock import MockPlatform
 from server_mock._errors import ErrorCode
 from server_mock._platform import SERVER_OPTIONS
-from server_mock._platform_api import MAX_METADATA_ENTRIES
+from server_mock._platform_api.limits import MAX_METADATA_ENTRIES
 from server_mock._proto.nvidia.clara.platform import (
     common_pb2,
     payloads_pb2,

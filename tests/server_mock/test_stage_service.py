@@ -445,3 +445,26 @@ def test_health_and_reflection_are_served(clara_platform: MockPlatform) -> None:
         )
         names = {s.name for s in next(responses).list_services_response.service}
         assert "nvidia.clara.platform.stage.v1.StageService" in names
+
+
+def test_outcome_rules_hold_over_the_stage_api(
+    clara_platform: MockPlatform, stub: pb_grpc.StageServiceStub
+) -> None:
+    stages = [StageSpec("up"), StageSpec("down", inputs=(InputRef("/x", from_stage="up"),))]
+    created = clara_platform.create_job(stages, start=False)
+    with pytest.raises(grpc.RpcError) as not_started:
+        complete(stub, created, "up", "r1", pb.STAGE_OUTCOME_FAILED)
+    assert not_started.value.code() == grpc.StatusCode.FAILED_PRECONDITION  # type: ignore[attr-defined]
+    assert "has not started" in not_started.value.details()  # type: ignore[attr-defined]
+    assert clara_platform.job(created).stages["up"].state is StageState.WAITING
+
+    running = clara_platform.create_job(stages)
+    with pytest.raises(grpc.RpcError) as early:
+        complete(stub, running, "down", "r1")
+    assert early.value.code() == grpc.StatusCode.FAILED_PRECONDITION  # type: ignore[attr-defined]
+    assert "outcome: stage 'down' cannot succeed" in early.value.details()  # type: ignore[attr-defined]
+    down = clara_platform.job(running).stages["down"]
+    assert (down.state, down.reports_applied) == (StageState.WAITING, 0)
+    # The same report id is not burnt by the refusal: it applies once the inputs are ready.
+    assert complete(stub, running, "up", "r0").applied
+    assert complete(stub, running, "down", "r1").state == pb.STAGE_STATE_SUCCEEDED
