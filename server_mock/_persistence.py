@@ -45,6 +45,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from server_mock._definition import parse_pipeline_definition
 from server_mock._jobs import (
     CancelReason,
     InputRef,
@@ -55,7 +56,6 @@ from server_mock._jobs import (
     StageState,
 )
 from server_mock._payloads import PayloadRecord, PayloadType
-from server_mock._pipeline_definition import parse_pipeline_definition
 from server_mock._pipelines import PipelineRecord
 from server_mock._platform_state import JobRecord, PlatformState
 from server_mock._workspace import JobLayout

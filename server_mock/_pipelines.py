@@ -11,12 +11,12 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from server_mock._errors import ApiError, ErrorCode
-from server_mock._pipeline_definition import (
+from server_mock._definition import (
     PipelineDefinition,
     PipelineDefinitionError,
     parse_pipeline_definition,
 )
+from server_mock._errors import ApiError, ErrorCode
 
 __all__ = ["DEFAULT_DEFINITION_PATH", "PipelineRecord", "PipelineStore"]
 

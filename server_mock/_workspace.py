@@ -18,8 +18,8 @@ import uuid
 from pathlib import Path, PurePosixPath
 from types import MappingProxyType
 
+from server_mock._definition import OperatorSpec, OutputSpec, PipelineDefinition
 from server_mock._jobs import InputRef, Job, OutputRef, StageSpec
-from server_mock._pipeline_definition import OperatorSpec, OutputSpec, PipelineDefinition
 
 __all__ = ["JobLayout", "build_job"]
 

@@ -12,7 +12,7 @@ import yaml
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from server_mock._pipeline_definition import (
+from server_mock._definition import (
     DEFAULT_STAGE_TIMEOUT,
     MAX_DEFINITION_BYTES,
     MAX_STAGE_TIMEOUT,
