@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from server_mock._jobs import InputRef, JobState, OutputRef, StageSpec, StageState
-    from server_mock._platform import JobSnapshot, MockPlatform, StageSnapshot
+    from server_mock._platform import JobSnapshot, MockPlatform, PipelineJob, StageSnapshot
 
 __all__ = [
     "InputRef",
@@ -27,6 +27,7 @@ __all__ = [
     "JobState",
     "MockPlatform",
     "OutputRef",
+    "PipelineJob",
     "StageSnapshot",
     "StageSpec",
     "StageState",
@@ -40,6 +41,7 @@ _HOMES = {
     "StageState": "server_mock._jobs",
     "JobSnapshot": "server_mock._platform",
     "MockPlatform": "server_mock._platform",
+    "PipelineJob": "server_mock._platform",
     "StageSnapshot": "server_mock._platform",
 }
 

@@ -11,6 +11,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
+import shutil
 import tempfile
 import threading
 import uuid
@@ -29,13 +30,15 @@ from server_mock._auth import StageTokens
 from server_mock._health import HealthService
 from server_mock._jobs import Job, JobState, StageSpec, StageState
 from server_mock._persistence import StateStore, default_workspace
+from server_mock._pipelines import DEFAULT_DEFINITION_PATH
 from server_mock._platform_api import DEFAULT_MAX_UPLOAD_BYTES, add_platform_api_to_server
 from server_mock._platform_state import InProcessLauncher, PlatformState, StageLauncher
 from server_mock._request_guard import RequestGuard
 from server_mock._stage_service import StageService
 from server_mock._tls import ServerTls
+from server_mock._workspace import JobLayout
 
-__all__ = ["JobSnapshot", "MockPlatform", "StageSnapshot"]
+__all__ = ["JobSnapshot", "MockPlatform", "PipelineJob", "StageSnapshot"]
 
 _log = logging.getLogger("server_mock")
 
@@ -75,6 +78,26 @@ class JobSnapshot:
     state: JobState
     message: str
     stages: dict[str, StageSnapshot]
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineJob:
+    """A job created from a registered pipeline (:meth:`MockPlatform.create_pipeline_job`).
+
+    Attributes:
+        job_id: The job's id.
+        name: The job's name.
+        payload_id: The job's own payload.
+        layout: The folders of that payload: ``input/``, ``operators/<operator>/<output>/``,
+            ``logs/<operator>.log``.
+        input_files: The files copied into ``input/``, relative to it, in order.
+    """
+
+    job_id: uuid.UUID
+    name: str
+    payload_id: uuid.UUID
+    layout: JobLayout
+    input_files: tuple[str, ...]
 
 
 def snapshot(job: Job) -> JobSnapshot:
@@ -408,9 +431,64 @@ class MockPlatform:
 
         return self.call(create)
 
-    def start_job(self, job_id: uuid.UUID) -> None:
-        """Start a created job."""
-        self.call(lambda: self.jobs.get(job_id).start())
+    def start_job(self, job_id: uuid.UUID, timeout: float = DEFAULT_CALL_TIMEOUT) -> None:
+        """Start a created job, as ``Jobs.Start`` does.
+
+        A job of a pipeline (:meth:`create_pipeline_job`) gets its input payloads copied and
+        its operators launched by the platform's launcher; a job made from stages starts at
+        once.
+
+        Raises:
+            server_mock._errors.ApiError: No such job, the job is not in the created state, or
+                its operators could not be launched (the message says which and why).
+        """
+        self.call_async(lambda: self.state.start_job(job_id), timeout)
+
+    # -- pipelines --------------------------------------------------------------------------
+
+    def create_pipeline(self, definition: str, *, path: str = DEFAULT_DEFINITION_PATH) -> uuid.UUID:
+        """Register a pipeline definition (its YAML text), as ``Pipelines.Create`` does.
+
+        Raises:
+            server_mock._errors.ApiError: The definition is invalid (the message names the
+                operator and the field); nothing is registered.
+        """
+        return self.call(lambda: self.state.pipelines.create(definition, path=path).pipeline_id)
+
+    def create_pipeline_job(
+        self, pipeline_id: uuid.UUID, name: str | None = None, *, input_dir: Path | None = None
+    ) -> PipelineJob:
+        """Create a job of a registered pipeline, as ``Jobs.Create`` does; it is not started.
+
+        The files under ``input_dir`` (empty ones too) are copied into the job's input folder,
+        as an upload into its payload would put them; start the job with :meth:`start_job`.
+
+        Args:
+            pipeline_id: A pipeline of :meth:`create_pipeline`.
+            name: The job's name; by default the pipeline's name.
+            input_dir: A folder whose files become the job's input.
+
+        Raises:
+            server_mock._errors.ApiError: Unknown pipeline; nothing is created.
+            OSError: An input file could not be copied (the job stays created, not started).
+        """
+
+        def create() -> tuple[uuid.UUID, str, uuid.UUID, JobLayout]:
+            pipeline_name = self.state.pipelines.get(pipeline_id).name
+            record = self.state.create_job(pipeline_id, name or pipeline_name)
+            return record.job_id, name or pipeline_name, record.payload_id, record.layout
+
+        job_id, job_name, payload_id, layout = self.call(create)
+        copied: list[str] = []
+        if input_dir is not None:
+            # The job is created, not started: nothing else touches its input folder yet.
+            for source in sorted(p for p in input_dir.rglob("*") if p.is_file()):
+                relative = source.relative_to(input_dir)
+                target = layout.input_dir / relative
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(source, target)
+                copied.append(relative.as_posix())
+        return PipelineJob(job_id, job_name, payload_id, layout, tuple(copied))
 
     def cancel_job(self, job_id: uuid.UUID, message: str = "cancelled by request") -> bool:
         """Cancel a job; return False if it had already ended."""

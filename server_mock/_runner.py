@@ -116,8 +116,14 @@ def load_operator_map(path: Path) -> dict[str, list[str]]:
 class LocalProcessLauncher:
     """Launches each operator of a job as a local process and supervises it.
 
+    The launcher needs its platform's address (known once the platform serves) and stage
+    tokens, and the platform takes its launcher when it is constructed: give
+    ``platform_address=None``, construct the platform with this launcher, then :meth:`attach`
+    the platform's address and token issuer before it starts a job.
+
     Args:
-        platform_address: Returns the stage service's ``host:port`` for the drivers.
+        platform_address: Returns the stage service's ``host:port`` for the drivers; ``None``
+            until :meth:`attach` gives it.
         command_dir: The working folder of operator commands.
         operator_map: ``image[:tag]`` to argv, overriding containers' commands.
         timeouts: Grace periods (see :class:`RunnerTimeouts`).
@@ -129,7 +135,7 @@ class LocalProcessLauncher:
 
     def __init__(
         self,
-        platform_address: Callable[[], str],
+        platform_address: Callable[[], str] | None,
         command_dir: Path,
         *,
         operator_map: Mapping[str, list[str]] | None = None,
@@ -145,6 +151,21 @@ class LocalProcessLauncher:
         self._extra_env = dict(extra_env or {})
         self._tasks: set[asyncio.Task[None]] = set()
         self.exit_codes: dict[tuple[str, str], int] = {}
+
+    def attach(
+        self,
+        platform_address: Callable[[], str],
+        stage_token: Callable[[uuid.UUID, str], str] | None = None,
+    ) -> None:
+        """Give the launcher its platform's address and token issuer, once the platform exists.
+
+        Args:
+            platform_address: Returns the stage service's ``host:port`` for the drivers.
+            stage_token: Returns the secret token of (job id, stage name), e.g.
+                ``platform.stage_tokens.issue``.
+        """
+        self._platform_address = platform_address
+        self._stage_token = stage_token
 
     def command_for(self, operator: OperatorSpec) -> list[str]:
         """The argv that runs ``operator`` locally.
@@ -171,6 +192,8 @@ class LocalProcessLauncher:
         self, job: Job, operator: OperatorSpec, layout: JobLayout
     ) -> dict[str, str]:
         """The environment of ``operator``'s process."""
+        if self._platform_address is None:
+            raise RuntimeError("the launcher is not attached to a platform; call attach() first")
         env = {k: v for k, v in os.environ.items() if k not in _DRIVER_VARIABLES}
         stage = job.stage(operator.name).spec
         env.update(

@@ -50,6 +50,7 @@ def test_server_mock_public_names() -> None:
             "JobState",
             "MockPlatform",
             "OutputRef",
+            "PipelineJob",
             "StageSnapshot",
             "StageSpec",
             "StageState",

@@ -59,16 +59,11 @@ def served(tmp_path: Path) -> Iterator[MockPlatform]:
     (tmp_path / "pipeline.yaml").write_text(PIPELINE)
     (tmp_path / "input").mkdir()
     (tmp_path / "input" / "f.txt").write_text("x")
-    holder: list[MockPlatform] = []
-
-    def token(job_id: uuid.UUID, stage: str) -> str:
-        return holder[0].stage_tokens.issue(job_id, stage)
-
-    launcher = LocalProcessLauncher(lambda: holder[0].address, tmp_path, stage_token=token)
+    launcher = LocalProcessLauncher(None, tmp_path)
     platform = MockPlatform(
         workspace=tmp_path / "workspace", launcher=launcher, require_stage_tokens=True
     )
-    holder.append(platform)
+    launcher.attach(lambda: platform.address, platform.stage_tokens.issue)
     platform.start()
     try:
         yield platform
