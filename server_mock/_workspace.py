@@ -6,8 +6,9 @@ A job's payload folder (its "job payload") holds::
     operators/<operator>/<output>/  each operator's outputs
     logs/<operator>.log             each operator process's stdout and stderr
 
-An input without ``from`` reads ``input/``; an input ``from: op`` (``name: out``) reads
-``operators/op/<folder of op's output out>``. Output folders are named after the last
+An input without ``from`` reads ``input/``; an input ``from: op`` reads
+``operators/op/<folder of the output it reads>``: the one its ``name`` names, else op's only
+(or unnamed) output. Output folders are named after the last
 component of the output's container ``path`` (``/output`` -> ``output``), so the layout
 matches what the pipeline definition says and stays unique per operator.
 """
@@ -75,14 +76,13 @@ def stage_spec_for(
         if entry.from_operator is None:
             path = layout.input_dir
         else:
-            upstream = definition.operator(entry.from_operator)
-            output = next(o for o in upstream.outputs if o.name == entry.name)
-            path = layout.output_dir(upstream.name, output)
+            output = definition.upstream_output(entry)
+            path = layout.output_dir(entry.from_operator, output)
         inputs.append(
             InputRef(
                 path=str(path),
                 from_stage=entry.from_operator or "",
-                from_output=entry.name or "",
+                from_output=entry.from_output or "",
                 name=entry.name or "",
             )
         )

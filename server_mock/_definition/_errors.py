@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["PipelineDefinitionError"]
+__all__ = ["PipelineDefinitionError", "format_location"]
 
 
 class PipelineDefinitionError(ValueError):
     """A pipeline definition is malformed or inconsistent.
 
     ``str(error)`` names the operator and field when known, e.g.
-    ``operator 'segment', field 'input[1].from': unknown operator 'lod-volume'``.
+    ``operator 'segment', field 'input[1].from': unknown operator 'lod-volume' (did you mean
+    'load-volume'?)``.
 
     Args:
         detail: What is wrong, without the operator/field prefix.
@@ -31,13 +32,14 @@ class PipelineDefinitionError(ValueError):
         self.detail = detail
         self.operator = operator
         self.field = field
-        super().__init__(_format_error(detail, operator, field))
+        super().__init__(format_location(detail, operator, field))
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.detail, self.operator, self.field))
 
 
-def _format_error(detail: str, operator: str | None, field: str | None) -> str:
+def format_location(detail: str, operator: str | None, field: str | None) -> str:
+    """Prefix ``detail`` with the operator and field it concerns (as errors and warnings do)."""
     where = []
     if operator is not None:
         where.append(f"operator {operator!r}")
