@@ -84,10 +84,15 @@ def stage_spec_for(
                 from_stage=entry.from_operator or "",
                 from_output=entry.name or "",
                 name=entry.name or "",
+                declared_path=entry.path,
             )
         )
     outputs = tuple(
-        OutputRef(path=str(layout.output_dir(operator.name, o)), name=o.name or "")
+        OutputRef(
+            path=str(layout.output_dir(operator.name, o)),
+            name=o.name or "",
+            declared_path=o.path,
+        )
         for o in operator.outputs
     )
     return StageSpec(
