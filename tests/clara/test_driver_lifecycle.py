@@ -238,7 +238,7 @@ def _false(driver: clara.Driver[Any], *args: Any) -> bool:
         ("execute", _raise("bad voxel"), "execute raised RuntimeError: bad voxel"),
         ("cleanup", _false, "cleanup returned False"),
         ("cleanup", _raise("disk full"), "cleanup raised RuntimeError: disk full"),
-        ("execute", lambda d, p: None, "execute returned None; expected True or False"),
+        ("execute", lambda d, p: 0, "execute returned 0; expected None or True (success) or"),
     ],
 )
 def test_callback_failure_fails_the_stage_and_cleanup_still_runs(
