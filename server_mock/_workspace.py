@@ -5,6 +5,7 @@ A job's payload folder (its "job payload") holds::
     input/                          the job's input payloads, copied in
     operators/<operator>/<output>/  each operator's outputs
     logs/<operator>.log             each operator process's stdout and stderr
+    publish/<operator>/             what each operator publishes (NVIDIA_CLARA_PUBLISHING)
 
 An input without ``from`` reads ``input/``; an input ``from: op`` (``name: out``) reads
 ``operators/op/<folder of op's output out>``. Output folders are named after the last
@@ -52,11 +53,16 @@ class JobLayout:
         """The folder ``operator`` writes ``output`` to."""
         return self.operator_dir(operator) / _folder_name(output)
 
+    def publishing_dir(self, operator: str) -> Path:
+        """The folder ``operator`` publishes to (for Clara's Render Server, on a cluster)."""
+        return self.root / "publish" / operator
+
     def create(self, definition: PipelineDefinition) -> None:
         """Create every folder the job's stages read or write."""
         self.input_dir.mkdir(parents=True, exist_ok=True)
         self.logs_dir.mkdir(parents=True, exist_ok=True)
         for operator in definition.operators:
+            self.publishing_dir(operator.name).mkdir(parents=True, exist_ok=True)
             for output in operator.outputs:
                 self.output_dir(operator.name, output).mkdir(parents=True, exist_ok=True)
 
