@@ -12,6 +12,11 @@ waits with :meth:`Driver.wait_for_completion`::
     driver = clara.Driver(execute=execute)
     driver.start()
     result = driver.wait_for_completion()
+
+Operators written for NVIDIA's Clara Pipeline Driver binding run unchanged: they import
+``from clara import Driver, Error, Payload``, construct ``Driver(execute_handler=execute)``,
+return nothing from ``execute`` on success (and raise on failure), and find their folders in
+``NVIDIA_CLARA_INPUTPATHS`` / ``NVIDIA_CLARA_OUTPUTPATHS`` (see docs/compatibility.md).
 """
 
 from clara._channels import CHANNEL_OPTIONS
@@ -25,6 +30,7 @@ from clara._exceptions import (
     ContextUnavailableError,
     DeadlineExceededError,
     DriverStateError,
+    Error,
     InvalidArgumentError,
     NotFoundError,
     PermissionDeniedError,
@@ -51,6 +57,7 @@ __all__ = [
     "DriverState",
     "DriverStateError",
     "DriverTimeouts",
+    "Error",
     "InvalidArgumentError",
     "NotFoundError",
     "Notification",

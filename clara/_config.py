@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
+from pathlib import Path
 
 from clara._exceptions import ConfigurationError
+from clara._payload import PayloadEntry
 from clara._retry import RetryConfig
 from clara._tls import (
     TlsConfig,
@@ -19,10 +22,12 @@ from clara._tls import (
 from clara.contract import (
     DEFAULT_STAGE_TIMEOUT,
     ENV_INPUT,
+    ENV_INPUT_PATHS,
     ENV_JOB_ID,
     ENV_JOB_NAME,
     ENV_NOSYNCLOCK,
     ENV_OUTPUT,
+    ENV_OUTPUT_PATHS,
     ENV_STAGE_NAME,
     ENV_STAGE_SERVICE,
     ENV_STAGE_TOKEN,
@@ -35,6 +40,7 @@ from clara.contract import (
     NAME_PATTERN,
     NAME_RULE,
     TIMEOUT_GRACE,
+    parse_payload_paths,
 )
 
 __all__ = ["ENVIRONMENT_VARIABLES", "DriverTimeouts"]
@@ -47,10 +53,30 @@ ENVIRONMENT_VARIABLES: Mapping[str, str] = {
     ENV_JOB_ID: "The job's id, a UUID (required unless standalone).",
     ENV_STAGE_NAME: "The stage's name in the pipeline (required unless standalone).",
     ENV_NOSYNCLOCK: "1/true: run standalone, without the platform (inputs are ready at once).",
-    ENV_JOB_NAME: "Standalone only: the job name (default 'standalone').",
-    ENV_TIMEOUT: "Standalone only: the stage timeout in seconds (default 600).",
-    ENV_INPUT: "Standalone only: the input folder (default /input).",
-    ENV_OUTPUT: "Standalone only: the output folder (default /output).",
+    ENV_JOB_NAME: (
+        "The job's name: Driver.job_name before the stage context arrives (the context wins "
+        "once it does). Standalone default: 'standalone'."
+    ),
+    ENV_TIMEOUT: (
+        "The stage timeout in seconds, in (0, 1800]: Driver.stage_timeout before the stage "
+        "context arrives (the context wins once it does). Standalone default: 600."
+    ),
+    ENV_INPUT_PATHS: (
+        "Every input entry as name:path (:path when unnamed), ';' between entries. Read "
+        "standalone (the payload's inputs); with the platform, the stage context wins."
+    ),
+    ENV_OUTPUT_PATHS: (
+        "Every output entry as name:path (:path when unnamed), ';' between entries. Read "
+        "standalone (the payload's outputs); with the platform, the stage context wins."
+    ),
+    ENV_INPUT: (
+        "The (first) input folder. Read standalone when NVIDIA_CLARA_INPUTPATHS is not set "
+        "(default /input)."
+    ),
+    ENV_OUTPUT: (
+        "The (first) output folder. Read standalone when NVIDIA_CLARA_OUTPUTPATHS is not set "
+        "(default /output)."
+    ),
     ENV_STAGE_TOKEN: "The stage's secret token, sent on every stage API call (set by the mock).",
     ENV_TLS_CA: "PEM file of the root certificates to trust; setting it turns TLS on.",
     ENV_TLS_CERT: "PEM file of the driver's certificate chain, for mutual TLS (with the key).",
@@ -103,10 +129,10 @@ class DriverConfig:
     standalone: bool
     timeouts: DriverTimeouts = field(default_factory=DriverTimeouts)
     retry: RetryConfig = field(default_factory=RetryConfig)
-    standalone_job_name: str = "standalone"
-    standalone_timeout: timedelta = DEFAULT_STAGE_TIMEOUT
-    standalone_input: str = "/input"
-    standalone_output: str = "/output"
+    job_name: str | None = None  # from the environment, before the stage context arrives
+    stage_timeout: timedelta | None = None  # likewise
+    standalone_inputs: tuple[PayloadEntry, ...] = ()
+    standalone_outputs: tuple[PayloadEntry, ...] = ()
     tls: TlsMaterial | None = None
     stage_token: str | None = field(default=None, repr=False)
 
@@ -214,6 +240,9 @@ def resolve_config(
         setting, raw_token = pick(stage_token, "stage_token", ENV_STAGE_TOKEN)
         resolved_token = None if raw_token in (None, "") else parse_stage_token(setting, raw_token)
 
+    raw_timeout = env.get(ENV_TIMEOUT) or None
+    stage_timeout = None if raw_timeout is None else parse_timeout_seconds(ENV_TIMEOUT, raw_timeout)
+    job_name = env.get(ENV_JOB_NAME) or None
     config = DriverConfig(
         target=resolved_target,
         job_id=resolved_job_id,
@@ -221,24 +250,33 @@ def resolve_config(
         standalone=standalone,
         timeouts=timeouts or DriverTimeouts(),
         retry=retry or RetryConfig(),
+        job_name=job_name,
+        stage_timeout=stage_timeout,
         tls=resolved_tls,
         stage_token=resolved_token,
     )
     if not standalone:
         return config
-    timeout = env.get(ENV_TIMEOUT)
-    stage_timeout = (
-        DEFAULT_STAGE_TIMEOUT if timeout is None else parse_timeout_seconds(ENV_TIMEOUT, timeout)
+    return dataclasses.replace(
+        config,
+        job_name=job_name or "standalone",
+        stage_timeout=stage_timeout or DEFAULT_STAGE_TIMEOUT,
+        standalone_inputs=_standalone_entries(env, ENV_INPUT_PATHS, ENV_INPUT, "/input"),
+        standalone_outputs=_standalone_entries(env, ENV_OUTPUT_PATHS, ENV_OUTPUT, "/output"),
     )
-    return DriverConfig(
-        target=config.target,
-        job_id=config.job_id,
-        stage_name=config.stage_name,
-        standalone=True,
-        timeouts=config.timeouts,
-        retry=config.retry,
-        standalone_job_name=env.get(ENV_JOB_NAME) or "standalone",
-        standalone_timeout=stage_timeout,
-        standalone_input=env.get(ENV_INPUT) or "/input",
-        standalone_output=env.get(ENV_OUTPUT) or "/output",
-    )
+
+
+def _standalone_entries(
+    env: Mapping[str, str], paths_var: str, folder_var: str, default: str
+) -> tuple[PayloadEntry, ...]:
+    """A standalone stage's entries: ``NVIDIA_CLARA_*PATHS``, else one unnamed folder."""
+    listed = env.get(paths_var)
+    if not listed:
+        return (PayloadEntry("", str(Path(env.get(folder_var) or default))),)
+    try:
+        pairs = parse_payload_paths(listed)
+    except ValueError as error:
+        raise ConfigurationError(paths_var, listed, str(error)) from None
+    if not pairs:
+        raise ConfigurationError(paths_var, listed, "expected at least one name:path entry")
+    return tuple(PayloadEntry(name, path) for name, path in pairs)

@@ -60,12 +60,19 @@ __all__ = ["Driver", "DriverState"]
 _log = logging.getLogger("clara")
 
 AppData = TypeVar("AppData")
-PrepareCallback = Callable[["Driver[Any]"], bool]
-ExecuteCallback = Callable[["Driver[Any]", Payload], bool]
-CleanupCallback = Callable[["Driver[Any]"], bool]
+PrepareCallback = Callable[["Driver[Any]"], bool | None]
+ExecuteCallback = Callable[["Driver[Any]", Payload], bool | None]
+CleanupCallback = Callable[["Driver[Any]"], bool | None]
 NotifyCallback = Callable[["Driver[Any]", Notification], None]
 
 _DEFAULT_WORKERS = 4
+# The names NVIDIA's Clara Pipeline Driver binding gives the callbacks (see docs/compatibility.md).
+_BINDING_NAMES = {
+    "prepare": "prepare_handler",
+    "execute": "execute_handler",
+    "cleanup": "cleanup_handler",
+    "notify": "notification_handler",
+}
 
 
 class DriverState(enum.Enum):
@@ -84,13 +91,19 @@ class DriverState(enum.Enum):
 class Driver(Generic[AppData]):
     """Runs one pipeline stage's life-cycle: prepare, wait for inputs, execute, cleanup.
 
-    Each callback is optional and returns ``True`` on success or ``False`` on failure; a
-    callback that raises, returns anything but a bool, or runs past its deadline fails the
-    stage with a message naming the callback. Callbacks run on the driver's thread pool (one
-    it creates and shuts down, or the ``executor`` given, which it never shuts down);
-    notifications are delivered in order on a thread of the driver's own. The driver's own
-    threads are daemon threads: a callback that never returns is abandoned at its deadline
-    and does not keep the process alive.
+    Each callback is optional. It succeeds by returning ``None`` (as NVIDIA's operators do,
+    returning nothing) or ``True``, and fails the stage by returning ``False`` or raising
+    (the message names the exception); any other return value fails the stage with a
+    message naming the callback and the value, as does running past its deadline.
+    Callbacks run on the driver's thread pool (one it creates and shuts down, or the
+    ``executor`` given, which it never shuts down); notifications are delivered in order on
+    a thread of the driver's own. The driver's own threads are daemon threads: a callback
+    that never returns is abandoned at its deadline and does not keep the process alive.
+
+    The callbacks may also be passed under the names of NVIDIA's Clara Pipeline Driver
+    binding: ``prepare_handler``, ``execute_handler``, ``cleanup_handler`` and
+    ``notification_handler``; one callback under both of its names is a
+    :class:`ConfigurationError`.
 
     SIGTERM: when ``start()`` is called from the main thread and SIGTERM still has its default
     disposition, the driver handles it until the life-cycle ends: the stage is cancelled as if
@@ -101,22 +114,29 @@ class Driver(Generic[AppData]):
 
     Settings come from the arguments first, then from the environment the platform sets
     (``NVIDIA_CLARA_STAGE_SERVICE``, ``NVIDIA_CLARA_JOBID``, ``NVIDIA_CLARA_STAGENAME``,
-    ``NVIDIA_CLARA_NOSYNCLOCK``; see ``clara.ENVIRONMENT_VARIABLES``).
+    ``NVIDIA_CLARA_NOSYNCLOCK``, ...; see ``clara.ENVIRONMENT_VARIABLES``).
 
-    ``job_id`` and ``stage_name`` are known from construction. ``job_name``,
-    ``stage_timeout`` and ``context`` are known once the platform sent the stage context
-    (before ``prepare`` runs); reading them earlier raises :class:`ContextUnavailableError`
-    rather than blocking.
+    ``job_id`` and ``stage_name`` are known from construction, and so are ``job_name`` and
+    ``stage_timeout`` when the environment gives them (``NVIDIA_CLARA_JOBNAME``,
+    ``NVIDIA_CLARA_TIMEOUT``: the mock platform sets both for every operator). Otherwise
+    they, like ``context``, are known once the platform sent the stage context (before
+    ``prepare`` runs), and reading them earlier raises :class:`ContextUnavailableError`
+    rather than blocking. Once the context arrived, its values are the ones returned (a
+    context that disagrees with the environment is logged as a warning).
 
     Thread-safety: properties, ``start()`` and ``wait_for_completion()`` may be called from
     any thread; ``start()`` succeeds exactly once.
 
     Args:
-        prepare: ``prepare(driver) -> bool``, called before the inputs are ready.
-        execute: ``execute(driver, payload) -> bool``, called once the inputs are ready.
-        cleanup: ``cleanup(driver) -> bool``, called last on every path.
+        prepare: ``prepare(driver)``, called before the inputs are ready.
+        execute: ``execute(driver, payload)``, called once the inputs are ready.
+        cleanup: ``cleanup(driver)``, called last on every path.
         notify: ``notify(driver, notification)``, called for every life-cycle event.
         app_data: Any object, returned by :attr:`app_data` for the callbacks' use.
+        prepare_handler: ``prepare`` under the binding's name.
+        execute_handler: ``execute`` under the binding's name.
+        cleanup_handler: ``cleanup`` under the binding's name.
+        notification_handler: ``notify`` under the binding's name.
         target: The stage service's address (``host:port``).
         job_id: The job's id.
         stage_name: The stage's name.
@@ -136,7 +156,8 @@ class Driver(Generic[AppData]):
         environ: The environment to read settings from (default: ``os.environ``).
 
     Raises:
-        ConfigurationError: A setting is missing or malformed; the message names it.
+        ConfigurationError: A setting is missing or malformed, or a callback is given under
+            both of its names; the message names them.
     """
 
     def __init__(
@@ -147,6 +168,10 @@ class Driver(Generic[AppData]):
         notify: NotifyCallback | None = None,
         app_data: AppData | None = None,
         *,
+        prepare_handler: PrepareCallback | None = None,
+        execute_handler: ExecuteCallback | None = None,
+        cleanup_handler: CleanupCallback | None = None,
+        notification_handler: NotifyCallback | None = None,
         target: str | None = None,
         job_id: uuid.UUID | str | None = None,
         stage_name: str | None = None,
@@ -160,15 +185,12 @@ class Driver(Generic[AppData]):
         stage_token: str | None = None,
         handle_sigterm: bool = True,
     ) -> None:
-        for name, callback in (
-            ("prepare", prepare),
-            ("execute", execute),
-            ("cleanup", cleanup),
-            ("notify", notify),
-        ):
-            if callback is not None and not callable(callback):
-                raise ConfigurationError(name, callback, "must be callable or None")
-        callbacks = _Callbacks(prepare, execute, cleanup, notify)
+        callbacks = _Callbacks(
+            prepare=_one_callback("prepare", prepare, prepare_handler),
+            execute=_one_callback("execute", execute, execute_handler),
+            cleanup=_one_callback("cleanup", cleanup, cleanup_handler),
+            notify=_one_callback("notify", notify, notification_handler),
+        )
         self._app_data = app_data
         self._config: DriverConfig = resolve_config(
             target=target,
@@ -215,13 +237,31 @@ class Driver(Generic[AppData]):
 
     @property
     def job_name(self) -> str:
-        """The job's name (from the stage context; see :attr:`context`)."""
-        return self.context.job_name
+        """The job's name: from the stage context, or before it from ``NVIDIA_CLARA_JOBNAME``.
+
+        Raises:
+            ContextUnavailableError: Neither the context nor the environment gave it yet.
+        """
+        context = self._run.context
+        if context is not None:
+            return context.job_name
+        if self._config.job_name is None:
+            raise _context_unavailable("the job name")
+        return self._config.job_name
 
     @property
     def stage_timeout(self) -> timedelta:
-        """How long execute may run (from the stage context; see :attr:`context`)."""
-        return self.context.stage_timeout
+        """How long execute may run: from the context, or before it from ``NVIDIA_CLARA_TIMEOUT``.
+
+        Raises:
+            ContextUnavailableError: Neither the context nor the environment gave it yet.
+        """
+        context = self._run.context
+        if context is not None:
+            return context.stage_timeout
+        if self._config.stage_timeout is None:
+            raise _context_unavailable("the stage timeout")
+        return self._config.stage_timeout
 
     @property
     def state(self) -> DriverState:
@@ -285,6 +325,22 @@ class _Callbacks:
     execute: ExecuteCallback | None
     cleanup: CleanupCallback | None
     notify: NotifyCallback | None
+
+
+def _one_callback(role: str, seed: Any, binding: Any) -> Any:
+    """The callback for ``role``, given under the seed's name or the binding's, not both."""
+    binding_name = _BINDING_NAMES[role]
+    if seed is not None and binding is not None:
+        raise ConfigurationError(
+            f"{role}/{binding_name}",
+            binding,
+            f"the {role} callback is given twice, as {role}= and as {binding_name}=; "
+            "pass it under one of the two names",
+        )
+    name, callback = (role, seed) if seed is not None else (binding_name, binding)
+    if callback is not None and not callable(callback):
+        raise ConfigurationError(name, callback, "must be callable or None")
+    return callback
 
 
 def _context_unavailable(what: str) -> ContextUnavailableError:
@@ -546,6 +602,21 @@ class _Lifecycle:
         return GrpcStageLink(self._config, self._given_channel)
 
     def _adopt(self, context: StageContext) -> None:
+        """Take the platform's context; it wins over what the environment said before it."""
+        config = self._config
+        for what, told, sent in (
+            ("job name", config.job_name, context.job_name),
+            ("stage timeout", config.stage_timeout, context.stage_timeout),
+        ):
+            if told is not None and told != sent:
+                _log.warning(
+                    "the platform's stage context gives the %s %s, the environment gave %s: "
+                    "the context wins",
+                    what,
+                    sent,
+                    told,
+                    extra=self._log_fields,
+                )
         self.context = context
 
     def _call(  # noqa: PLR0917 - private; every argument is needed on each call
@@ -600,11 +671,15 @@ class _Lifecycle:
             NotificationKind[f"{name.upper()}_FINISHED"], f"{name} returned {value!r}"
         )
         link.report_event(EventKind[f"{name.upper()}_FINISHED"], repr(value))
-        if value is True:
+        # None is success: the binding's users return nothing from a callback that worked.
+        if value is None or value is True:
             return _CallResult(_CallEnd.SUCCEEDED)
         if value is False:
             return _CallResult(_CallEnd.FAILED, f"{name} returned False")
-        return _CallResult(_CallEnd.FAILED, f"{name} returned {value!r}; expected True or False")
+        return _CallResult(
+            _CallEnd.FAILED,
+            f"{name} returned {value!r}; expected None or True (success) or False (failure)",
+        )
 
     def _begin_execute(
         self, executor: futures.Executor, execute: ExecuteCallback, args: tuple[Any, ...]

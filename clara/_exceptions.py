@@ -4,6 +4,10 @@ Callers catch these types, never ``grpc.RpcError``: every failed call to the pla
 converted once, by :func:`from_grpc_error`, at the edge where the call is made; the converted
 error keeps the original ``grpc.RpcError`` as its ``__cause__`` (as python-api-core's
 ``from_grpc_error`` keeps it), so a traceback still shows what gRPC said.
+
+``Error`` is the name NVIDIA's Clara Pipeline Driver binding gives its exception type
+(``from clara import Error``); here it is the same class as :class:`ClaraError`, the root of
+the hierarchy, so ``except clara.Error`` catches everything the package raises.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ __all__ = [
     "ContextUnavailableError",
     "DeadlineExceededError",
     "DriverStateError",
+    "Error",
     "InvalidArgumentError",
     "NotFoundError",
     "PermissionDeniedError",
@@ -29,7 +34,13 @@ __all__ = [
 
 
 class ClaraError(Exception):
-    """Base class of every error raised by the ``clara`` package."""
+    """Base class of every error raised by the ``clara`` package (also named ``clara.Error``)."""
+
+
+Error = ClaraError
+"""The Clara Pipeline Driver binding's name for the root of the hierarchy: ``clara.Error`` is
+:class:`ClaraError` (one class, two names), so operators written for NVIDIA's binding
+(``from clara import Driver, Error, Payload``) import and catch it unchanged."""
 
 
 class ConfigurationError(ClaraError):

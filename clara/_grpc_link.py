@@ -221,8 +221,11 @@ def _context_from_proto(message: pb.StageContext, expected_job_id: uuid.UUID) ->
         stage_name=message.stage_name,
         stage_timeout=timeout,
         inputs=tuple(
-            PayloadEntry(e.name, e.path, e.from_stage, e.from_output) for e in message.inputs
+            PayloadEntry(e.name, e.path, e.from_stage, e.from_output, e.declared_path)
+            for e in message.inputs
         ),
-        outputs=tuple(PayloadEntry(e.name, e.path) for e in message.outputs),
+        outputs=tuple(
+            PayloadEntry(e.name, e.path, declared_path=e.declared_path) for e in message.outputs
+        ),
         variables=MappingProxyType(dict(message.variables)),
     )

@@ -18,12 +18,18 @@ class PayloadEntry:
             job's input payload and for every output entry.
         from_output: For inputs, the upstream stage's output name (``""`` for its unnamed
             output).
+        declared_path: The path the pipeline definition declares for the entry (``/input``,
+            ``/input/segmentation``): where a Clara cluster mounts it for the operator.
+            ``""`` when the platform does not say (standalone, or an older platform). A
+            platform that does not remap folders (the mock, until its sandbox does) gives
+            another folder in ``path``; read and write ``path``.
     """
 
     name: str
     path: str
     from_stage: str = ""
     from_output: str = ""
+    declared_path: str = ""
 
 
 @dataclass(frozen=True, slots=True)

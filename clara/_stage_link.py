@@ -11,12 +11,10 @@ import logging
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol
 
 from clara._config import DriverConfig
 from clara._context import StageContext
-from clara._payload import PayloadEntry
 from clara._result import StageOutcome
 
 __all__ = ["EventKind", "Signal", "SignalKind", "StageLink", "StandaloneStageLink"]
@@ -88,8 +86,9 @@ class StageLink(Protocol):
 class StandaloneStageLink:
     """Stands in for the platform when ``NVIDIA_CLARA_NOSYNCLOCK`` is set.
 
-    The context comes from the environment, the inputs are ready at once, and nothing is
-    reported anywhere.
+    The context comes from the environment (``NVIDIA_CLARA_JOBNAME``, ``NVIDIA_CLARA_TIMEOUT``,
+    ``NVIDIA_CLARA_INPUTPATHS``/``NVIDIA_CLARA_OUTPUTPATHS`` or else ``NVIDIA_CLARA_INPUT``/
+    ``NVIDIA_CLARA_OUTPUT``), the inputs are ready at once, and nothing is reported anywhere.
     """
 
     def __init__(self, config: DriverConfig) -> None:
@@ -102,14 +101,15 @@ class StandaloneStageLink:
         The context, when asked for, comes from the standalone settings.
         """
         config = self._config
+        assert config.job_name is not None and config.stage_timeout is not None  # standalone
         context = StageContext(
             job_id=config.job_id,
-            job_name=config.standalone_job_name,
+            job_name=config.job_name,
             pipeline_id="",
             stage_name=config.stage_name,
-            stage_timeout=config.standalone_timeout,
-            inputs=(PayloadEntry("", str(Path(config.standalone_input))),),
-            outputs=(PayloadEntry("", str(Path(config.standalone_output))),),
+            stage_timeout=config.stage_timeout,
+            inputs=config.standalone_inputs,
+            outputs=config.standalone_outputs,
         )
         yield Signal(
             SignalKind.INPUTS_READY,

@@ -44,10 +44,70 @@ CLARA_SECTIONS: dict[str, tuple[str, ...]] = {
     "Notifications": ("Notification", "NotificationKind"),
     "Settings": ("DriverTimeouts", "RetryConfig", "TlsConfig", "ENVIRONMENT_VARIABLES"),
 }
-# Set by the mock for each operator process but not read by the driver.
-MOCK_ONLY_VARIABLES = {
-    "NVIDIA_CLARA_LOGS": "The job's log folder (the operator's stdout and stderr go to "
-    "`<logs>/<operator>.log`).",
+# Where each environment variable comes from: a Clara Deploy SDK page, NVIDIA's own published
+# operators, or this project. Every variable the driver reads must have an entry.
+_BASE_INFERENCE = (
+    "[Clara: Base Inference Operator](https://docs.nvidia.com/clara/deploy_ea/0.7.2/sdk/"
+    "Applications/Operators/ai/app_base_inference_v2/public/docs/README.html)"
+)
+_MODEL_REPOSITORY = (
+    "[Clara: Model Repository](https://docs.nvidia.com/clara-holoscan/archive/"
+    "clara-deploy-0.8.1/sdk/platform/public/docs/model-repository/overview.html)"
+)
+_DICOM_TEST = (
+    "NVIDIA's [DICOM adapter test operator](https://github.com/NVIDIA/clara-dicom-adapter/"
+    "blob/main/test/dicom-test-pipeline/main.py)"
+)
+_OURS = "This project's own"
+VARIABLE_SOURCES = {
+    "NVIDIA_CLARA_STAGE_SERVICE": f"{_OURS} (its stage API)",
+    "NVIDIA_CLARA_JOBID": f"{_OURS} (the Clara docs name no variable for it)",
+    "NVIDIA_CLARA_STAGENAME": f"{_OURS} (the Clara docs name no variable for it)",
+    "NVIDIA_CLARA_NOSYNCLOCK": f"{_BASE_INFERENCE} (its local-run script sets `TRUE`)",
+    "NVIDIA_CLARA_JOBNAME": _OURS,
+    "NVIDIA_CLARA_TIMEOUT": _OURS,
+    "NVIDIA_CLARA_INPUTPATHS": f"{_DICOM_TEST}; the list format is {_OURS.lower()}",
+    "NVIDIA_CLARA_OUTPUTPATHS": f"{_DICOM_TEST}; the list format is {_OURS.lower()}",
+    "NVIDIA_CLARA_INPUT": f"{_BASE_INFERENCE} (`/input` by default)",
+    "NVIDIA_CLARA_OUTPUT": f"{_BASE_INFERENCE} (`/output` by default)",
+    "NVIDIA_CLARA_STAGE_TOKEN": _OURS,
+    "NVIDIA_CLARA_TLS_CA": _OURS,
+    "NVIDIA_CLARA_TLS_CERT": _OURS,
+    "NVIDIA_CLARA_TLS_KEY": _OURS,
+    "NVIDIA_CLARA_TLS_SERVER_NAME": _OURS,
+}
+# Set for operators by a Clara platform, but not read by the driver: meaning, what the mock
+# does with it, and where it comes from.
+OPERATOR_ONLY_VARIABLES = {
+    "NVIDIA_CLARA_LOGS": (
+        "The folder for the operator's log files.",
+        "Set: the job's `logs/` folder (each process's stdout and stderr also go to "
+        "`logs/<operator>.log`).",
+        f"{_BASE_INFERENCE} (`/logs`)",
+    ),
+    "NVIDIA_CLARA_PUBLISHING": (
+        "The folder the operator publishes to, for Clara's Render Server.",
+        "Set: `publish/<operator>/` in the job's payload (no Render Server reads it).",
+        f"{_BASE_INFERENCE} (`/publish`); the variable name is read by NVIDIA's reference "
+        "inference operators",
+    ),
+    "NVIDIA_TRITON_HTTPURI": (
+        "The HTTP URI of the Triton Inference Server preloaded with the operator's `models`.",
+        "Not set: the mock runs no inference server. One in the mock's own environment, or "
+        "in the operator's `variables`, reaches the operator unchanged.",
+        _MODEL_REPOSITORY,
+    ),
+    "NVIDIA_TRITON_GRPCURI": (
+        "The gRPC URI of that Triton Inference Server.",
+        "Not set (as above).",
+        _MODEL_REPOSITORY,
+    ),
+    "NVIDIA_CLARA_TRTISURI": (
+        "The older name of the inference server's HTTP URI: the `name` a pipeline's "
+        "`services` connection gives it (services are deprecated since Clara 0.7.1).",
+        "Not set (as above).",
+        f"{_BASE_INFERENCE} and the pipeline definitions that declare that service",
+    ),
 }
 SECTION_NAMES = ("Args", "Returns", "Raises", "Attributes", "Yields", "Fixtures", "Example")
 
@@ -329,9 +389,28 @@ def _defining_modules(module: ModuleType, name: str) -> list[ModuleType]:
     return found
 
 
+def render_alias(module: ModuleType, qualified: str, name: str, cls: type, level: int) -> list[str]:
+    """A second public name for a class (``clara.Error`` for ``ClaraError``): say so, once."""
+    docs: dict[str, str] = {}
+    for candidate in _defining_modules(module, name):
+        docs = attribute_docs(inspect.getsource(candidate))
+        if name in docs:
+            break
+    target = f"{module.__name__}.{cls.__name__}"
+    return [
+        f"{'#' * level} `{qualified}`",
+        "",
+        f"*The same class as [`{target}`](#{target.replace('.', '').lower()}).*",
+        "",
+        *markdown(docs.get(name, "")),
+    ]
+
+
 def render_name(module: ModuleType, name: str, level: int) -> list[str]:
     value = getattr(module, name)
     qualified = f"{module.__name__}.{name}"
+    if inspect.isclass(value) and value.__name__ != name:
+        return render_alias(module, qualified, name, value, level)
     if inspect.isclass(value):
         return render_class(qualified, value, level)
     if callable(value):
@@ -408,6 +487,9 @@ def _errors_intro() -> str:
 
 def environment_markdown() -> str:
     clara = importlib.import_module("clara")
+    unsourced = sorted(set(clara.ENVIRONMENT_VARIABLES) - set(VARIABLE_SOURCES))
+    if unsourced:
+        sys.exit(f"gen_api_docs: say where these come from in VARIABLE_SOURCES: {unsourced}")
     out = [
         GENERATED,
         "",
@@ -418,38 +500,85 @@ def environment_markdown() -> str:
         "precedence. A missing or malformed value raises `clara.ConfigurationError` when the",
         "driver is constructed, naming the variable and the value.",
         "",
+        "Where a variable comes from is said for each: a page of the Clara Deploy SDK",
+        "documentation, NVIDIA's own published operators (where the docs are silent), or this",
+        "project. The names are defined once, in `clara.contract`.",
+        "",
         "## Read by the driver",
         "",
         "The same list is available in code as `clara.ENVIRONMENT_VARIABLES`.",
         "",
-        "| Variable | Meaning |",
-        "| --- | --- |",
+        "| Variable | Meaning | Source |",
+        "| --- | --- | --- |",
     ]
     for name, meaning in clara.ENVIRONMENT_VARIABLES.items():
         cell = _inline(meaning).replace("|", r"\|")
-        out.append(f"| `{name}` | {cell} |")
+        out.append(f"| `{name}` | {cell} | {VARIABLE_SOURCES[name]} |")
     out += [
         "",
-        "## Also set by the mock platform",
+        "## Set for operators, not read by the driver",
         "",
-        "`clara-mock run` and `clara-mock serve` set, besides the variables above (never",
-        "inheriting them from the shell that started the mock):",
-        "",
-        "| Variable | Meaning |",
-        "| --- | --- |",
+        "| Variable | Meaning | The mock | Source |",
+        "| --- | --- | --- | --- |",
     ]
-    for name, meaning in MOCK_ONLY_VARIABLES.items():
-        out.append(f"| `{name}` | {meaning} |")
+    for name, (meaning, mock, source) in OPERATOR_ONLY_VARIABLES.items():
+        out.append(f"| `{name}` | {meaning} | {mock} | {source} |")
     out += [
         "",
-        "and then each operator's `variables` from the pipeline definition (which cannot",
-        "replace the platform-issued credentials).",
+        "## What the mock platform sets",
+        "",
+        "`clara-mock run`, `clara-mock serve` and the pytest plugin's `clara_pipeline_runner`",
+        "set, for every operator process they launch (built in one place,",
+        "`server_mock/_operator_env.py`):",
+        "",
+        "- `NVIDIA_CLARA_STAGE_SERVICE`, `NVIDIA_CLARA_JOBID`, `NVIDIA_CLARA_STAGENAME`,",
+        "  `NVIDIA_CLARA_JOBNAME` and `NVIDIA_CLARA_TIMEOUT` (the stage's timeout in seconds);",
+        "- `NVIDIA_CLARA_INPUTPATHS` and `NVIDIA_CLARA_OUTPUTPATHS` (every entry), the first",
+        "  input and output as `NVIDIA_CLARA_INPUT` and `NVIDIA_CLARA_OUTPUT`,",
+        "  `NVIDIA_CLARA_LOGS` and `NVIDIA_CLARA_PUBLISHING`;",
+        "- the `NVIDIA_CLARA_TLS_*` files when it serves TLS, and `NVIDIA_CLARA_STAGE_TOKEN`;",
+        "- then the operator's `variables` from the pipeline definition (which cannot replace",
+        "  the platform-issued token).",
+        "",
+        "None of the platform's variables is inherited from the shell that started the mock,",
+        "and `NVIDIA_CLARA_NOSYNCLOCK` is never set. Every folder is the one the operator",
+        "really uses, the same as its stage context's `PayloadEntry.path` (on a Clara cluster",
+        "the operator sees its folders at the paths its definition declares, which the stage",
+        "context also gives as `PayloadEntry.declared_path`).",
+        "",
+        "**Job name and timeout.** The Clara docs name no variable for them; this project's",
+        "platform (the mock) sets both for every operator, so that `Driver.job_name` and",
+        "`Driver.stage_timeout` are known from construction (a notification callback can read",
+        "them on the very first notification). A driver started without them (another",
+        "platform, or a test) learns them from the stage context, and reading them earlier",
+        "raises `clara.ContextUnavailableError`. When the context arrives it wins: the",
+        "driver returns the context's values from then on, and logs a warning if they differ",
+        "from the environment's (the platform is the authority; the environment is a copy).",
+        "",
+        "## `NVIDIA_CLARA_INPUTPATHS` and `NVIDIA_CLARA_OUTPUTPATHS`",
+        "",
+        "One `name:path` entry per payload entry, in definition order; the unnamed entry is",
+        '`:path`. For a stage with one input (or one output), `value.split(":")[1]` is its',
+        "folder, as NVIDIA's operators read it. Several entries are joined by `;`:",
+        "",
+        "```text",
+        ":/payloads/job/input;mask:/payloads/job/operators/load/mask",
+        "```",
+        "",
+        "The Clara docs do not describe these variables; `;` is this project's choice because",
+        "`:` already separates a name from its path, entry names cannot contain `;`, and",
+        "folder names rarely do (the mock leaves the variable out, with a warning, for a stage",
+        "whose folder does). A path keeps everything after its entry's first `:`.",
+        "`clara.contract.format_payload_paths` and `parse_payload_paths` write and read the",
+        "format.",
         "",
         "## Running an operator standalone",
         "",
         "With `NVIDIA_CLARA_NOSYNCLOCK=1` the driver runs without a platform: the stage",
-        "context comes from `NVIDIA_CLARA_JOBNAME`, `NVIDIA_CLARA_TIMEOUT`, `NVIDIA_CLARA_INPUT`",
-        "and `NVIDIA_CLARA_OUTPUT`, the inputs are ready at once, and nothing is reported:",
+        "context comes from `NVIDIA_CLARA_JOBNAME`, `NVIDIA_CLARA_TIMEOUT` and the payload",
+        "variables (`NVIDIA_CLARA_INPUTPATHS`/`NVIDIA_CLARA_OUTPUTPATHS`, or else",
+        "`NVIDIA_CLARA_INPUT`/`NVIDIA_CLARA_OUTPUT` as one unnamed entry each), the inputs",
+        "are ready at once, and nothing is reported:",
         "",
         "```sh",
         "NVIDIA_CLARA_NOSYNCLOCK=1 NVIDIA_CLARA_INPUT=./in NVIDIA_CLARA_OUTPUT=./out \\",

@@ -102,20 +102,31 @@ class InputRef:
         from_stage: The upstream stage; ``""`` for the job's input payload.
         from_output: The upstream output's name; ``""`` for its unnamed output.
         name: The input entry's name.
+        declared_path: The path the pipeline definition declares (e.g. ``/input``); ``""``
+            when the stage has no definition.
     """
 
     path: str
     from_stage: str = ""
     from_output: str = ""
     name: str = ""
+    declared_path: str = ""
 
 
 @dataclass(frozen=True, slots=True)
 class OutputRef:
-    """One output of a stage: its name and the local folder it is written to."""
+    """One output of a stage.
+
+    Attributes:
+        path: The local folder it is written to.
+        name: The output entry's name.
+        declared_path: The path the pipeline definition declares (e.g. ``/output``); ``""``
+            when the stage has no definition.
+    """
 
     path: str
     name: str = ""
+    declared_path: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -353,8 +353,11 @@ class StateStore:
 
 def _spec_to_json(spec: StageSpec) -> dict[str, Any]:
     return {
-        "inputs": [[i.path, i.from_stage, i.from_output, i.name] for i in spec.inputs],
-        "outputs": [[o.path, o.name] for o in spec.outputs],
+        # Positional, new fields last: a state file written before them still loads.
+        "inputs": [
+            [i.path, i.from_stage, i.from_output, i.name, i.declared_path] for i in spec.inputs
+        ],
+        "outputs": [[o.path, o.name, o.declared_path] for o in spec.outputs],
         "timeout": spec.timeout.total_seconds(),
         "variables": dict(spec.variables),
     }

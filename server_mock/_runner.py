@@ -9,11 +9,9 @@ Mapping from an operator's container to a local command, first match wins:
    the mock, so operators share its environment.
 
 Every operator of a job is launched when the job starts (as on the platform, ``prepare`` runs
-while upstream stages are still working). Each process gets the environment the driver needs
-(``NVIDIA_CLARA_STAGE_SERVICE``, ``NVIDIA_CLARA_JOBID``, ``NVIDIA_CLARA_STAGENAME``, the
-first input/output folder as ``NVIDIA_CLARA_INPUT``/``NVIDIA_CLARA_OUTPUT``, the logs folder
-as ``NVIDIA_CLARA_LOGS``) plus the operator's ``variables``. Its stdout and stderr go to the
-job's ``logs/<operator>.log`` (served by Jobs.ReadLogs).
+while upstream stages are still working). Each process gets the environment a Clara cluster
+gives an operator, built by :func:`server_mock._operator_env.operator_environment`. Its stdout
+and stderr go to the job's ``logs/<operator>.log`` (served by Jobs.ReadLogs).
 
 The platform side of the life-cycle is enforced here: a process that exits without its
 stage having reported an outcome fails the stage; a stage still running ``timeout_grace``
@@ -37,8 +35,8 @@ from pathlib import Path
 
 import yaml
 
-from clara import contract
 from server_mock._jobs import Job, Stage, StageState
+from server_mock._operator_env import operator_environment
 from server_mock._pipeline_definition import OperatorSpec, PipelineDefinition
 from server_mock._workspace import JobLayout
 
@@ -47,21 +45,6 @@ __all__ = ["LocalProcessLauncher", "OperatorMapError", "RunnerTimeouts", "load_o
 _log = logging.getLogger("server_mock.runner")
 
 _PYTHON_NAMES = frozenset({"python", "python3", f"python3.{sys.version_info.minor}"})
-# The launcher decides these; an inherited value (e.g. from a developer's shell) must not leak.
-_DRIVER_VARIABLES = (
-    contract.ENV_STAGE_SERVICE,
-    contract.ENV_JOB_ID,
-    contract.ENV_STAGE_NAME,
-    contract.ENV_NOSYNCLOCK,
-    contract.ENV_INPUT,
-    contract.ENV_OUTPUT,
-    contract.ENV_LOGS,
-    contract.ENV_STAGE_TOKEN,
-    contract.ENV_TLS_CA,
-    contract.ENV_TLS_CERT,
-    contract.ENV_TLS_KEY,
-    contract.ENV_TLS_SERVER_NAME,
-)
 
 
 class OperatorMapError(ValueError):
@@ -191,30 +174,21 @@ class LocalProcessLauncher:
     def environment_for(
         self, job: Job, operator: OperatorSpec, layout: JobLayout
     ) -> dict[str, str]:
-        """The environment of ``operator``'s process."""
+        """The environment of ``operator``'s process (see :mod:`server_mock._operator_env`)."""
         if self._platform_address is None:
             raise RuntimeError("the launcher is not attached to a platform; call attach() first")
-        env = {k: v for k, v in os.environ.items() if k not in _DRIVER_VARIABLES}
-        stage = job.stage(operator.name).spec
-        env.update(
-            {
-                contract.ENV_STAGE_SERVICE: self._platform_address(),
-                contract.ENV_JOB_ID: str(job.job_id),
-                contract.ENV_STAGE_NAME: operator.name,
-                contract.ENV_LOGS: str(layout.logs_dir),
-                "PYTHONUNBUFFERED": "1",
-            }
+        return operator_environment(
+            job,
+            job.stage(operator.name).spec,
+            logs_dir=layout.logs_dir,
+            publishing_dir=layout.publishing_dir(operator.name),
+            stage_service=self._platform_address(),
+            inherited=os.environ,
+            extra=self._extra_env,
+            stage_token=(
+                None if self._stage_token is None else self._stage_token(job.job_id, operator.name)
+            ),
         )
-        if stage.inputs:
-            env[contract.ENV_INPUT] = stage.inputs[0].path
-        if stage.outputs:
-            env[contract.ENV_OUTPUT] = stage.outputs[0].path
-        env.update(self._extra_env)
-        env.update(stage.variables)
-        # Last, so no variable of the pipeline can replace the platform-issued credential.
-        if self._stage_token is not None:
-            env[contract.ENV_STAGE_TOKEN] = self._stage_token(job.job_id, operator.name)
-        return env
 
     async def start(self, job: Job, definition: PipelineDefinition, layout: JobLayout) -> None:
         """Start the job and launch one process per operator; return once all are launched.

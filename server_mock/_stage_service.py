@@ -126,11 +126,18 @@ def _context_of(job: Job, stage: Stage) -> pb.StageContext:
         timeout=timeout,
         inputs=[
             pb.InputEntry(
-                name=i.name, path=i.path, from_stage=i.from_stage, from_output=i.from_output
+                name=i.name,
+                path=i.path,
+                from_stage=i.from_stage,
+                from_output=i.from_output,
+                declared_path=i.declared_path,
             )
             for i in spec.inputs
         ],
-        outputs=[pb.OutputEntry(name=o.name, path=o.path) for o in spec.outputs],
+        outputs=[
+            pb.OutputEntry(name=o.name, path=o.path, declared_path=o.declared_path)
+            for o in spec.outputs
+        ],
         state=_STATES[stage.state],
         variables=dict(spec.variables),
     )

@@ -5,6 +5,7 @@ A job's payload folder (its "job payload") holds::
     input/                          the job's input payloads, copied in
     operators/<operator>/<output>/  each operator's outputs
     logs/<operator>.log             each operator process's stdout and stderr
+    publish/<operator>/             what each operator publishes (NVIDIA_CLARA_PUBLISHING)
 
 An input without ``from`` reads ``input/``; an input ``from: op`` reads
 ``operators/op/<folder of the output it reads>``: the one its ``name`` names, else op's only
@@ -53,11 +54,16 @@ class JobLayout:
         """The folder ``operator`` writes ``output`` to."""
         return self.operator_dir(operator) / _folder_name(output)
 
+    def publishing_dir(self, operator: str) -> Path:
+        """The folder ``operator`` publishes to (for Clara's Render Server, on a cluster)."""
+        return self.root / "publish" / operator
+
     def create(self, definition: PipelineDefinition) -> None:
         """Create every folder the job's stages read or write."""
         self.input_dir.mkdir(parents=True, exist_ok=True)
         self.logs_dir.mkdir(parents=True, exist_ok=True)
         for operator in definition.operators:
+            self.publishing_dir(operator.name).mkdir(parents=True, exist_ok=True)
             for output in operator.outputs:
                 self.output_dir(operator.name, output).mkdir(parents=True, exist_ok=True)
 
@@ -84,10 +90,15 @@ def stage_spec_for(
                 from_stage=entry.from_operator or "",
                 from_output=entry.from_output or "",
                 name=entry.name or "",
+                declared_path=entry.path,
             )
         )
     outputs = tuple(
-        OutputRef(path=str(layout.output_dir(operator.name, o)), name=o.name or "")
+        OutputRef(
+            path=str(layout.output_dir(operator.name, o)),
+            name=o.name or "",
+            declared_path=o.path,
+        )
         for o in operator.outputs
     )
     return StageSpec(

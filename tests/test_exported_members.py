@@ -20,6 +20,7 @@ def test_clara_public_names() -> None:
             "DriverState",
             "DriverStateError",
             "DriverTimeouts",
+            "Error",
             "InvalidArgumentError",
             "NotFoundError",
             "Notification",
@@ -61,3 +62,13 @@ def test_server_mock_public_names() -> None:
 def test_every_clara_error_is_a_clara_error() -> None:
     errors = [getattr(clara, n) for n in clara.__all__ if n.endswith("Error")]
     assert all(issubclass(e, clara.ClaraError) for e in errors)
+
+
+def test_the_bindings_error_is_the_root_of_the_hierarchy() -> None:
+    # NVIDIA's operators do `from clara import Driver, Error, Payload`.
+    from clara import Driver, Error, Payload  # noqa: PLC0415 - the import is what is tested
+
+    assert (Driver, Payload) == (clara.Driver, clara.Payload)
+    assert Error is clara.ClaraError
+    errors = [getattr(clara, n) for n in clara.__all__ if n.endswith("Error")]
+    assert all(issubclass(e, Error) for e in errors)

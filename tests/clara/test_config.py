@@ -143,9 +143,10 @@ def test_standalone_defaults() -> None:
     )
     assert config.standalone
     assert config.target == ""
-    assert config.standalone_timeout == timedelta(seconds=30)
-    assert config.standalone_input == "/data/in"
-    assert config.standalone_output == "/output"
+    assert config.stage_timeout == timedelta(seconds=30)
+    assert config.job_name == "standalone"
+    assert config.standalone_inputs == (clara.PayloadEntry("", "/data/in"),)
+    assert config.standalone_outputs == (clara.PayloadEntry("", "/output"),)
     assert config.stage_name == "stage"
 
 

@@ -110,6 +110,8 @@ def test_happy_path_order_and_single_report(
 
     def execute(driver: clara.Driver[Any], payload: clara.Payload) -> bool:
         calls.append(f"execute {payload.input().path} -> {payload.output().path}")
+        # A platform from before declared_path (this context sets none) gives "".
+        assert payload.input().declared_path == payload.output().declared_path == ""
         return True
 
     driver = new_driver(
@@ -347,3 +349,22 @@ def test_a_platform_that_never_sends_the_context_fails_the_stage_at_the_connect_
     assert not result.reported
     assert cleaned == [True]
     watch.cancelled()  # returns once the driver has cancelled the stream
+
+
+def test_the_declared_paths_of_the_context_reach_the_payload(
+    channel: grpc_testing.Channel, started: list[clara.Driver[Any]]
+) -> None:
+    seen: list[clara.Payload] = []
+    driver = new_driver(channel, started, execute=lambda d, p: seen.append(p) is None)
+    driver.start()
+    context = stage_context()
+    context.inputs[0].declared_path = "/input/segmentation"
+    context.outputs[0].declared_path = "/output"
+    watch = serve_watch(channel, pb.STAGE_SIGNAL_INPUTS_READY, context)
+    _, _, rpc = channel.take_unary_unary(COMPLETE)
+    acknowledge(rpc, pb.STAGE_STATE_SUCCEEDED)
+    assert driver.wait_for_completion(WAIT).succeeded
+    (payload,) = seen
+    assert payload.input() == clara.PayloadEntry("", "/in", "up", "", "/input/segmentation")
+    assert payload.output() == clara.PayloadEntry("", "/out", declared_path="/output")
+    watch.terminate((), grpc.StatusCode.OK, "")

@@ -194,6 +194,30 @@ def test_payload_and_context_come_from_the_platform(
         payload.output("nope")
 
 
+def test_payload_entries_carry_the_path_the_definition_declares(
+    clara_platform: MockPlatform, drivers: list[clara.Driver[Any]]
+) -> None:
+    spec = StageSpec(
+        "segment",
+        inputs=(InputRef("/ws/in", name="volume", declared_path="/input/volume"),),
+        outputs=(OutputRef("/ws/out", declared_path="/output"),),
+    )
+    job_id = clara_platform.create_job([spec])
+    seen: list[clara.Payload] = []
+    driver = clara.Driver(
+        execute=lambda d, p: seen.append(p) is None,
+        target=clara_platform.address,
+        job_id=job_id,
+        stage_name="segment",
+    )
+    assert run_all(drivers, driver)[0].succeeded
+    (payload,) = seen
+    assert payload.input("volume") == clara.PayloadEntry(
+        "volume", "/ws/in", declared_path="/input/volume"
+    )
+    assert (payload.output().path, payload.output().declared_path) == ("/ws/out", "/output")
+
+
 def _raise(message: str) -> Callable[..., bool]:
     def callback(driver: clara.Driver[Any], *args: Any) -> bool:
         raise RuntimeError(message)
@@ -214,7 +238,7 @@ def _false(driver: clara.Driver[Any], *args: Any) -> bool:
         ("execute", _raise("bad voxel"), "execute raised RuntimeError: bad voxel"),
         ("cleanup", _false, "cleanup returned False"),
         ("cleanup", _raise("disk full"), "cleanup raised RuntimeError: disk full"),
-        ("execute", lambda d, p: None, "execute returned None; expected True or False"),
+        ("execute", lambda d, p: 0, "execute returned 0; expected None or True (success) or"),
     ],
 )
 def test_callback_failure_fails_the_stage_and_cleanup_still_runs(

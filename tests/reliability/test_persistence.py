@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import stat
 import subprocess
@@ -95,11 +96,16 @@ def test_pipelines_payloads_jobs_and_stages_survive_a_kill(
             "SELECT jobs.name, stages.state, stages.reports_applied FROM stages "
             "JOIN jobs USING (job_id) ORDER BY jobs.name"
         ).fetchall()
+        specs = [json.loads(row[0]) for row in db.execute("SELECT spec FROM stages")]
     assert rows == [
         ("cancelled", "cancelled", 0),
         ("ran", "succeeded", 1),
         ("waiting", "succeeded", 1),
     ]
+    # The paths the definition declares are kept with each stage (the last field of an entry).
+    assert {(spec["inputs"][0][-1], spec["outputs"][0][-1]) for spec in specs} == {
+        ("/input", "/output")
+    }
 
 
 def test_acknowledged_writes_survive_a_crash_in_the_middle_of_writing(

@@ -27,7 +27,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n2nvidia/clara/platform/stage/v1/stage_service.proto\x12\x1envidia.clara.platform.stage.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\".\n\x08StageRef\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x12\n\nstage_name\x18\x02 \x01(\t\"Q\n\nInputEntry\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x12\n\nfrom_stage\x18\x03 \x01(\t\x12\x13\n\x0b\x66rom_output\x18\x04 \x01(\t\")\n\x0bOutputEntry\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\"\xbc\x03\n\x0cStageContext\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08job_name\x18\x02 \x01(\t\x12\x13\n\x0bpipeline_id\x18\x03 \x01(\t\x12\x12\n\nstage_name\x18\x04 \x01(\t\x12*\n\x07timeout\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12:\n\x06inputs\x18\x06 \x03(\x0b\x32*.nvidia.clara.platform.stage.v1.InputEntry\x12<\n\x07outputs\x18\x07 \x03(\x0b\x32+.nvidia.clara.platform.stage.v1.OutputEntry\x12\x39\n\x05state\x18\x08 \x01(\x0e\x32*.nvidia.clara.platform.stage.v1.StageState\x12N\n\tvariables\x18\t \x03(\x0b\x32;.nvidia.clara.platform.stage.v1.StageContext.VariablesEntry\x1a\x30\n\x0eVariablesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"Q\n\x16GetStageContextRequest\x12\x37\n\x05stage\x18\x01 \x01(\x0b\x32(.nvidia.clara.platform.stage.v1.StageRef\"X\n\x17GetStageContextResponse\x12=\n\x07\x63ontext\x18\x01 \x01(\x0b\x32,.nvidia.clara.platform.stage.v1.StageContext\"e\n\x11WatchStageRequest\x12\x37\n\x05stage\x18\x01 \x01(\x0b\x32(.nvidia.clara.platform.stage.v1.StageRef\x12\x17\n\x0finclude_context\x18\x02 \x01(\x08\"\xdc\x01\n\x12WatchStageResponse\x12;\n\x06signal\x18\x01 \x01(\x0e\x32+.nvidia.clara.platform.stage.v1.StageSignal\x12\x39\n\x05state\x18\x02 \x01(\x0e\x32*.nvidia.clara.platform.stage.v1.StageState\x12\x0f\n\x07message\x18\x03 \x01(\t\x12=\n\x07\x63ontext\x18\x04 \x01(\x0b\x32,.nvidia.clara.platform.stage.v1.StageContext\"\xee\x01\n\x14\x43ompleteStageRequest\x12\x37\n\x05stage\x18\x01 \x01(\x0b\x32(.nvidia.clara.platform.stage.v1.StageRef\x12\x11\n\treport_id\x18\x02 \x01(\t\x12=\n\x07outcome\x18\x03 \x01(\x0e\x32,.nvidia.clara.platform.stage.v1.StageOutcome\x12\x0f\n\x07message\x18\x04 \x01(\t\x12:\n\x06\x65vents\x18\x05 \x03(\x0b\x32*.nvidia.clara.platform.stage.v1.StageEvent\"c\n\x15\x43ompleteStageResponse\x12\x39\n\x05state\x18\x01 \x01(\x0e\x32*.nvidia.clara.platform.stage.v1.StageState\x12\x0f\n\x07\x61pplied\x18\x02 \x01(\x08\"\xcb\x01\n\x17ReportStageEventRequest\x12\x37\n\x05stage\x18\x01 \x01(\x0b\x32(.nvidia.clara.platform.stage.v1.StageRef\x12<\n\x04kind\x18\x02 \x01(\x0e\x32..nvidia.clara.platform.stage.v1.StageEventKind\x12\x0f\n\x07message\x18\x03 \x01(\t\x12(\n\x04time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x1a\n\x18ReportStageEventResponse\"\x85\x01\n\nStageEvent\x12<\n\x04kind\x18\x01 \x01(\x0e\x32..nvidia.clara.platform.stage.v1.StageEventKind\x12\x0f\n\x07message\x18\x02 \x01(\t\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x8f\x01\n\x18ReportStageEventsRequest\x12\x37\n\x05stage\x18\x01 \x01(\x0b\x32(.nvidia.clara.platform.stage.v1.StageRef\x12:\n\x06\x65vents\x18\x02 \x03(\x0b\x32*.nvidia.clara.platform.stage.v1.StageEvent\"\x1b\n\x19ReportStageEventsResponse*\xc2\x01\n\nStageState\x12\x1b\n\x17STAGE_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13STAGE_STATE_WAITING\x10\x01\x12\x15\n\x11STAGE_STATE_READY\x10\x02\x12\x19\n\x15STAGE_STATE_SUCCEEDED\x10\x03\x12\x16\n\x12STAGE_STATE_FAILED\x10\x04\x12\x19\n\x15STAGE_STATE_TIMED_OUT\x10\x05\x12\x19\n\x15STAGE_STATE_CANCELLED\x10\x06*\xc2\x01\n\x0bStageSignal\x12\x1c\n\x18STAGE_SIGNAL_UNSPECIFIED\x10\x00\x12\x18\n\x14STAGE_SIGNAL_WAITING\x10\x01\x12\x1d\n\x19STAGE_SIGNAL_INPUTS_READY\x10\x02\x12\x1e\n\x1aSTAGE_SIGNAL_JOB_CANCELLED\x10\x03\x12 \n\x1cSTAGE_SIGNAL_UPSTREAM_FAILED\x10\x04\x12\x1a\n\x16STAGE_SIGNAL_COMPLETED\x10\x05*\x9e\x01\n\x0cStageOutcome\x12\x1d\n\x19STAGE_OUTCOME_UNSPECIFIED\x10\x00\x12\x1b\n\x17STAGE_OUTCOME_SUCCEEDED\x10\x01\x12\x18\n\x14STAGE_OUTCOME_FAILED\x10\x02\x12\x1b\n\x17STAGE_OUTCOME_CANCELLED\x10\x03\x12\x1b\n\x17STAGE_OUTCOME_TIMED_OUT\x10\x04*\xff\x02\n\x0eStageEventKind\x12 \n\x1cSTAGE_EVENT_KIND_UNSPECIFIED\x10\x00\x12%\n!STAGE_EVENT_KIND_CONTEXT_RECEIVED\x10\x01\x12$\n STAGE_EVENT_KIND_PREPARE_STARTED\x10\x02\x12%\n!STAGE_EVENT_KIND_PREPARE_FINISHED\x10\x03\x12!\n\x1dSTAGE_EVENT_KIND_INPUTS_READY\x10\x04\x12$\n STAGE_EVENT_KIND_EXECUTE_STARTED\x10\x05\x12%\n!STAGE_EVENT_KIND_EXECUTE_FINISHED\x10\x06\x12$\n STAGE_EVENT_KIND_CLEANUP_STARTED\x10\x07\x12%\n!STAGE_EVENT_KIND_CLEANUP_FINISHED\x10\x08\x12\x1a\n\x16STAGE_EVENT_KIND_ERROR\x10\t2\xa0\x05\n\x0cStageService\x12\x82\x01\n\x0fGetStageContext\x12\x36.nvidia.clara.platform.stage.v1.GetStageContextRequest\x1a\x37.nvidia.clara.platform.stage.v1.GetStageContextResponse\x12u\n\nWatchStage\x12\x31.nvidia.clara.platform.stage.v1.WatchStageRequest\x1a\x32.nvidia.clara.platform.stage.v1.WatchStageResponse0\x01\x12|\n\rCompleteStage\x12\x34.nvidia.clara.platform.stage.v1.CompleteStageRequest\x1a\x35.nvidia.clara.platform.stage.v1.CompleteStageResponse\x12\x8a\x01\n\x10ReportStageEvent\x12\x37.nvidia.clara.platform.stage.v1.ReportStageEventRequest\x1a\x38.nvidia.clara.platform.stage.v1.ReportStageEventResponse\"\x03\x88\x02\x01\x12\x88\x01\n\x11ReportStageEvents\x12\x38.nvidia.clara.platform.stage.v1.ReportStageEventsRequest\x1a\x39.nvidia.clara.platform.stage.v1.ReportStageEventsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n2nvidia/clara/platform/stage/v1/stage_service.proto\x12\x1envidia.clara.platform.stage.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\".\n\x08StageRef\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x12\n\nstage_name\x18\x02 \x01(\t\"h\n\nInputEntry\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x12\n\nfrom_stage\x18\x03 \x01(\t\x12\x13\n\x0b\x66rom_output\x18\x04 \x01(\t\x12\x15\n\rdeclared_path\x18\x05 \x01(\t\"@\n\x0bOutputEntry\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x15\n\rdeclared_path\x18\x03 \x01(\t\"\xbc\x03\n\x0cStageContext\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08job_name\x18\x02 \x01(\t\x12\x13\n\x0bpipeline_id\x18\x03 \x01(\t\x12\x12\n\nstage_name\x18\x04 \x01(\t\x12*\n\x07timeout\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12:\n\x06inputs\x18\x06 \x03(\x0b\x32*.nvidia.clara.platform.stage.v1.InputEntry\x12<\n\x07outputs\x18\x07 \x03(\x0b\x32+.nvidia.clara.platform.stage.v1.OutputEntry\x12\x39\n\x05state\x18\x08 \x01(\x0e\x32*.nvidia.clara.platform.stage.v1.StageState\x12N\n\tvariables\x18\t \x03(\x0b\x32;.nvidia.clara.platform.stage.v1.StageContext.VariablesEntry\x1a\x30\n\x0eVariablesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"Q\n\x16GetStageContextRequest\x12\x37\n\x05stage\x18\x01 \x01(\x0b\x32(.nvidia.clara.platform.stage.v1.StageRef\"X\n\x17GetStageContextResponse\x12=\n\x07\x63ontext\x18\x01 \x01(\x0b\x32,.nvidia.clara.platform.stage.v1.StageContext\"e\n\x11WatchStageRequest\x12\x37\n\x05stage\x18\x01 \x01(\x0b\x32(.nvidia.clara.platform.stage.v1.StageRef\x12\x17\n\x0finclude_context\x18\x02 \x01(\x08\"\xdc\x01\n\x12WatchStageResponse\x12;\n\x06signal\x18\x01 \x01(\x0e\x32+.nvidia.clara.platform.stage.v1.StageSignal\x12\x39\n\x05state\x18\x02 \x01(\x0e\x32*.nvidia.clara.platform.stage.v1.StageState\x12\x0f\n\x07message\x18\x03 \x01(\t\x12=\n\x07\x63ontext\x18\x04 \x01(\x0b\x32,.nvidia.clara.platform.stage.v1.StageContext\"\xee\x01\n\x14\x43ompleteStageRequest\x12\x37\n\x05stage\x18\x01 \x01(\x0b\x32(.nvidia.clara.platform.stage.v1.StageRef\x12\x11\n\treport_id\x18\x02 \x01(\t\x12=\n\x07outcome\x18\x03 \x01(\x0e\x32,.nvidia.clara.platform.stage.v1.StageOutcome\x12\x0f\n\x07message\x18\x04 \x01(\t\x12:\n\x06\x65vents\x18\x05 \x03(\x0b\x32*.nvidia.clara.platform.stage.v1.StageEvent\"c\n\x15\x43ompleteStageResponse\x12\x39\n\x05state\x18\x01 \x01(\x0e\x32*.nvidia.clara.platform.stage.v1.StageState\x12\x0f\n\x07\x61pplied\x18\x02 \x01(\x08\"\xcb\x01\n\x17ReportStageEventRequest\x12\x37\n\x05stage\x18\x01 \x01(\x0b\x32(.nvidia.clara.platform.stage.v1.StageRef\x12<\n\x04kind\x18\x02 \x01(\x0e\x32..nvidia.clara.platform.stage.v1.StageEventKind\x12\x0f\n\x07message\x18\x03 \x01(\t\x12(\n\x04time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x1a\n\x18ReportStageEventResponse\"\x85\x01\n\nStageEvent\x12<\n\x04kind\x18\x01 \x01(\x0e\x32..nvidia.clara.platform.stage.v1.StageEventKind\x12\x0f\n\x07message\x18\x02 \x01(\t\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x8f\x01\n\x18ReportStageEventsRequest\x12\x37\n\x05stage\x18\x01 \x01(\x0b\x32(.nvidia.clara.platform.stage.v1.StageRef\x12:\n\x06\x65vents\x18\x02 \x03(\x0b\x32*.nvidia.clara.platform.stage.v1.StageEvent\"\x1b\n\x19ReportStageEventsResponse*\xc2\x01\n\nStageState\x12\x1b\n\x17STAGE_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13STAGE_STATE_WAITING\x10\x01\x12\x15\n\x11STAGE_STATE_READY\x10\x02\x12\x19\n\x15STAGE_STATE_SUCCEEDED\x10\x03\x12\x16\n\x12STAGE_STATE_FAILED\x10\x04\x12\x19\n\x15STAGE_STATE_TIMED_OUT\x10\x05\x12\x19\n\x15STAGE_STATE_CANCELLED\x10\x06*\xc2\x01\n\x0bStageSignal\x12\x1c\n\x18STAGE_SIGNAL_UNSPECIFIED\x10\x00\x12\x18\n\x14STAGE_SIGNAL_WAITING\x10\x01\x12\x1d\n\x19STAGE_SIGNAL_INPUTS_READY\x10\x02\x12\x1e\n\x1aSTAGE_SIGNAL_JOB_CANCELLED\x10\x03\x12 \n\x1cSTAGE_SIGNAL_UPSTREAM_FAILED\x10\x04\x12\x1a\n\x16STAGE_SIGNAL_COMPLETED\x10\x05*\x9e\x01\n\x0cStageOutcome\x12\x1d\n\x19STAGE_OUTCOME_UNSPECIFIED\x10\x00\x12\x1b\n\x17STAGE_OUTCOME_SUCCEEDED\x10\x01\x12\x18\n\x14STAGE_OUTCOME_FAILED\x10\x02\x12\x1b\n\x17STAGE_OUTCOME_CANCELLED\x10\x03\x12\x1b\n\x17STAGE_OUTCOME_TIMED_OUT\x10\x04*\xff\x02\n\x0eStageEventKind\x12 \n\x1cSTAGE_EVENT_KIND_UNSPECIFIED\x10\x00\x12%\n!STAGE_EVENT_KIND_CONTEXT_RECEIVED\x10\x01\x12$\n STAGE_EVENT_KIND_PREPARE_STARTED\x10\x02\x12%\n!STAGE_EVENT_KIND_PREPARE_FINISHED\x10\x03\x12!\n\x1dSTAGE_EVENT_KIND_INPUTS_READY\x10\x04\x12$\n STAGE_EVENT_KIND_EXECUTE_STARTED\x10\x05\x12%\n!STAGE_EVENT_KIND_EXECUTE_FINISHED\x10\x06\x12$\n STAGE_EVENT_KIND_CLEANUP_STARTED\x10\x07\x12%\n!STAGE_EVENT_KIND_CLEANUP_FINISHED\x10\x08\x12\x1a\n\x16STAGE_EVENT_KIND_ERROR\x10\t2\xa0\x05\n\x0cStageService\x12\x82\x01\n\x0fGetStageContext\x12\x36.nvidia.clara.platform.stage.v1.GetStageContextRequest\x1a\x37.nvidia.clara.platform.stage.v1.GetStageContextResponse\x12u\n\nWatchStage\x12\x31.nvidia.clara.platform.stage.v1.WatchStageRequest\x1a\x32.nvidia.clara.platform.stage.v1.WatchStageResponse0\x01\x12|\n\rCompleteStage\x12\x34.nvidia.clara.platform.stage.v1.CompleteStageRequest\x1a\x35.nvidia.clara.platform.stage.v1.CompleteStageResponse\x12\x8a\x01\n\x10ReportStageEvent\x12\x37.nvidia.clara.platform.stage.v1.ReportStageEventRequest\x1a\x38.nvidia.clara.platform.stage.v1.ReportStageEventResponse\"\x03\x88\x02\x01\x12\x88\x01\n\x11ReportStageEvents\x12\x38.nvidia.clara.platform.stage.v1.ReportStageEventsRequest\x1a\x39.nvidia.clara.platform.stage.v1.ReportStageEventsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,46 +38,46 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STAGECONTEXT_VARIABLESENTRY']._serialized_options = b'8\001'
   _globals['_STAGESERVICE'].methods_by_name['ReportStageEvent']._loaded_options = None
   _globals['_STAGESERVICE'].methods_by_name['ReportStageEvent']._serialized_options = b'\210\002\001'
-  _globals['_STAGESTATE']._serialized_start=2159
-  _globals['_STAGESTATE']._serialized_end=2353
-  _globals['_STAGESIGNAL']._serialized_start=2356
-  _globals['_STAGESIGNAL']._serialized_end=2550
-  _globals['_STAGEOUTCOME']._serialized_start=2553
-  _globals['_STAGEOUTCOME']._serialized_end=2711
-  _globals['_STAGEEVENTKIND']._serialized_start=2714
-  _globals['_STAGEEVENTKIND']._serialized_end=3097
+  _globals['_STAGESTATE']._serialized_start=2205
+  _globals['_STAGESTATE']._serialized_end=2399
+  _globals['_STAGESIGNAL']._serialized_start=2402
+  _globals['_STAGESIGNAL']._serialized_end=2596
+  _globals['_STAGEOUTCOME']._serialized_start=2599
+  _globals['_STAGEOUTCOME']._serialized_end=2757
+  _globals['_STAGEEVENTKIND']._serialized_start=2760
+  _globals['_STAGEEVENTKIND']._serialized_end=3143
   _globals['_STAGEREF']._serialized_start=151
   _globals['_STAGEREF']._serialized_end=197
   _globals['_INPUTENTRY']._serialized_start=199
-  _globals['_INPUTENTRY']._serialized_end=280
-  _globals['_OUTPUTENTRY']._serialized_start=282
-  _globals['_OUTPUTENTRY']._serialized_end=323
-  _globals['_STAGECONTEXT']._serialized_start=326
-  _globals['_STAGECONTEXT']._serialized_end=770
-  _globals['_STAGECONTEXT_VARIABLESENTRY']._serialized_start=722
-  _globals['_STAGECONTEXT_VARIABLESENTRY']._serialized_end=770
-  _globals['_GETSTAGECONTEXTREQUEST']._serialized_start=772
-  _globals['_GETSTAGECONTEXTREQUEST']._serialized_end=853
-  _globals['_GETSTAGECONTEXTRESPONSE']._serialized_start=855
-  _globals['_GETSTAGECONTEXTRESPONSE']._serialized_end=943
-  _globals['_WATCHSTAGEREQUEST']._serialized_start=945
-  _globals['_WATCHSTAGEREQUEST']._serialized_end=1046
-  _globals['_WATCHSTAGERESPONSE']._serialized_start=1049
-  _globals['_WATCHSTAGERESPONSE']._serialized_end=1269
-  _globals['_COMPLETESTAGEREQUEST']._serialized_start=1272
-  _globals['_COMPLETESTAGEREQUEST']._serialized_end=1510
-  _globals['_COMPLETESTAGERESPONSE']._serialized_start=1512
-  _globals['_COMPLETESTAGERESPONSE']._serialized_end=1611
-  _globals['_REPORTSTAGEEVENTREQUEST']._serialized_start=1614
-  _globals['_REPORTSTAGEEVENTREQUEST']._serialized_end=1817
-  _globals['_REPORTSTAGEEVENTRESPONSE']._serialized_start=1819
-  _globals['_REPORTSTAGEEVENTRESPONSE']._serialized_end=1845
-  _globals['_STAGEEVENT']._serialized_start=1848
-  _globals['_STAGEEVENT']._serialized_end=1981
-  _globals['_REPORTSTAGEEVENTSREQUEST']._serialized_start=1984
-  _globals['_REPORTSTAGEEVENTSREQUEST']._serialized_end=2127
-  _globals['_REPORTSTAGEEVENTSRESPONSE']._serialized_start=2129
-  _globals['_REPORTSTAGEEVENTSRESPONSE']._serialized_end=2156
-  _globals['_STAGESERVICE']._serialized_start=3100
-  _globals['_STAGESERVICE']._serialized_end=3772
+  _globals['_INPUTENTRY']._serialized_end=303
+  _globals['_OUTPUTENTRY']._serialized_start=305
+  _globals['_OUTPUTENTRY']._serialized_end=369
+  _globals['_STAGECONTEXT']._serialized_start=372
+  _globals['_STAGECONTEXT']._serialized_end=816
+  _globals['_STAGECONTEXT_VARIABLESENTRY']._serialized_start=768
+  _globals['_STAGECONTEXT_VARIABLESENTRY']._serialized_end=816
+  _globals['_GETSTAGECONTEXTREQUEST']._serialized_start=818
+  _globals['_GETSTAGECONTEXTREQUEST']._serialized_end=899
+  _globals['_GETSTAGECONTEXTRESPONSE']._serialized_start=901
+  _globals['_GETSTAGECONTEXTRESPONSE']._serialized_end=989
+  _globals['_WATCHSTAGEREQUEST']._serialized_start=991
+  _globals['_WATCHSTAGEREQUEST']._serialized_end=1092
+  _globals['_WATCHSTAGERESPONSE']._serialized_start=1095
+  _globals['_WATCHSTAGERESPONSE']._serialized_end=1315
+  _globals['_COMPLETESTAGEREQUEST']._serialized_start=1318
+  _globals['_COMPLETESTAGEREQUEST']._serialized_end=1556
+  _globals['_COMPLETESTAGERESPONSE']._serialized_start=1558
+  _globals['_COMPLETESTAGERESPONSE']._serialized_end=1657
+  _globals['_REPORTSTAGEEVENTREQUEST']._serialized_start=1660
+  _globals['_REPORTSTAGEEVENTREQUEST']._serialized_end=1863
+  _globals['_REPORTSTAGEEVENTRESPONSE']._serialized_start=1865
+  _globals['_REPORTSTAGEEVENTRESPONSE']._serialized_end=1891
+  _globals['_STAGEEVENT']._serialized_start=1894
+  _globals['_STAGEEVENT']._serialized_end=2027
+  _globals['_REPORTSTAGEEVENTSREQUEST']._serialized_start=2030
+  _globals['_REPORTSTAGEEVENTSREQUEST']._serialized_end=2173
+  _globals['_REPORTSTAGEEVENTSRESPONSE']._serialized_start=2175
+  _globals['_REPORTSTAGEEVENTSRESPONSE']._serialized_end=2202
+  _globals['_STAGESERVICE']._serialized_start=3146
+  _globals['_STAGESERVICE']._serialized_end=3818
 # @@protoc_insertion_point(module_scope)

@@ -227,6 +227,7 @@ class InputEntry(_message.Message):
     PATH_FIELD_NUMBER: _builtins.int
     FROM_STAGE_FIELD_NUMBER: _builtins.int
     FROM_OUTPUT_FIELD_NUMBER: _builtins.int
+    DECLARED_PATH_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The entry's name; at most one input entry of a stage has an empty name."""
     path: _builtins.str
@@ -235,6 +236,12 @@ class InputEntry(_message.Message):
     """The upstream stage that produces this input; empty for the job's input payload."""
     from_output: _builtins.str
     """The name of the upstream stage's output entry; empty for its unnamed output."""
+    declared_path: _builtins.str
+    """The path the pipeline definition declares for the input (e.g. "/input"): where the
+    operator finds it on a Clara cluster. Empty when the platform does not say. `path` is the
+    folder the driver really reads, which a platform that does not remap folders (such as a
+    local mock) may place elsewhere.
+    """
     def __init__(
         self,
         *,
@@ -242,10 +249,11 @@ class InputEntry(_message.Message):
         path: _builtins.str = ...,
         from_stage: _builtins.str = ...,
         from_output: _builtins.str = ...,
+        declared_path: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["from_output", b"from_output", "from_stage", b"from_stage", "name", b"name", "path", b"path"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["declared_path", b"declared_path", "from_output", b"from_output", "from_stage", b"from_stage", "name", b"name", "path", b"path"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -259,19 +267,25 @@ class OutputEntry(_message.Message):
 
     NAME_FIELD_NUMBER: _builtins.int
     PATH_FIELD_NUMBER: _builtins.int
+    DECLARED_PATH_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The entry's name; at most one output entry of a stage has an empty name."""
     path: _builtins.str
     """Where the driver writes the output: a folder on the operator's file system."""
+    declared_path: _builtins.str
+    """The path the pipeline definition declares for the output (e.g. "/output"); empty when the
+    platform does not say. See InputEntry.declared_path.
+    """
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         path: _builtins.str = ...,
+        declared_path: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "path", b"path"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["declared_path", b"declared_path", "name", b"name", "path", b"path"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
