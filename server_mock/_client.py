@@ -130,11 +130,15 @@ class PlatformClient:
         _check("Payloads.Create", response.header)
         return uuid.UUID(response.payload_id.value)
 
-    def upload_folder(self, payload_id: uuid.UUID, folder: Path) -> int:
-        """Upload every file under ``folder`` (names relative to it); return the file count."""
+    def upload_folder(self, payload_id: uuid.UUID, folder: Path, prefix: str = "") -> int:
+        """Upload every file under ``folder``; return the file count.
+
+        Each file is named by its path relative to ``folder``, after ``prefix`` (e.g.
+        ``"input/"`` for a job's own payload). Empty files are uploaded too.
+        """
         files = sorted(p for p in folder.rglob("*") if p.is_file())
         for path in files:
-            name = path.relative_to(folder).as_posix()
+            name = prefix + path.relative_to(folder).as_posix()
             response = self._unary(
                 f"Payloads.Upload {name}",
                 self._payloads.Upload,
@@ -149,13 +153,18 @@ class PlatformClient:
         payload_id: uuid.UUID, name: str, path: Path
     ) -> Iterator[payloads_pb2.PayloadsUploadRequest]:
         with path.open("rb") as stream:
-            while chunk := stream.read(CHUNK_BYTES):
+            chunk = stream.read(CHUNK_BYTES)
+            while True:
+                # An empty file is one message without data: a stream of none would name no file.
                 yield payloads_pb2.PayloadsUploadRequest(
                     header=_HEADER,
                     payload_id=_id(payload_id),
                     details=payloads_pb2.PayloadFileDetails(name=name, mode=0o644, size=len(chunk)),
                     data=chunk,
                 )
+                chunk = stream.read(CHUNK_BYTES)
+                if not chunk:
+                    return
 
     def payload_files(self, payload_id: uuid.UUID) -> list[str]:
         """The names of the files in a payload."""

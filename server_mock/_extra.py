@@ -16,6 +16,7 @@ MOCK_EXTRA_MODULES = {
     "yaml": "PyYAML",
     "grpc_health": "grpcio-health-checking",
     "grpc_reflection": "grpcio-reflection",
+    "rich": "rich",
 }
 """Module imported by the mock -> the distribution of the ``mock`` extra that provides it."""
 

@@ -51,6 +51,8 @@ SERVER_OPTIONS: list[tuple[str, int]] = [
     # Drivers send keepalive pings every 30 s while they wait for inputs.
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
     ("grpc.keepalive_permit_without_calls", 1),
+    # Off, so a second server on a port in use fails to bind instead of silently sharing it.
+    ("grpc.so_reuseport", 0),
 ]
 DEFAULT_CALL_TIMEOUT = 30.0
 _TASK_CANCEL_WAIT = 5.0  # seconds cancelled tasks get to end when the platform stops

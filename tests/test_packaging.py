@@ -46,7 +46,7 @@ def test_the_driver_alone_requires_only_grpcio_and_protobuf() -> None:
 
 def test_the_mock_extra_brings_the_mock_dependencies() -> None:
     mock = {r.name for r in _requirements() if r.marker and r.marker.evaluate({"extra": "mock"})}
-    assert {"PyYAML", "grpcio-health-checking", "grpcio-reflection"} <= mock
+    assert {"PyYAML", "grpcio-health-checking", "grpcio-reflection", "rich"} <= mock
 
 
 def test_clara_imports_nothing_beyond_its_requirements() -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import ipaddress
 
 __all__ = [
-    "EXIT_INTERRUPTED",
     "EXIT_JOB_FAILED",
     "EXIT_OK",
     "EXIT_USAGE",
@@ -16,7 +15,6 @@ __all__ = [
 EXIT_OK = 0
 EXIT_JOB_FAILED = 1
 EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
 
 
 class UsageError(Exception):

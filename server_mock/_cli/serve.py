@@ -1,21 +1,77 @@
-"""``clara-mock serve``: serve the stage API and the Clara Platform API until interrupted."""
+"""``clara-mock serve``: serve the stage API and the Clara Platform API until interrupted.
+
+It listens on ``--host``/``--port``, else on ``$CLARA_MOCK_ADDRESS`` (where the client
+commands connect by default), else on ``127.0.0.1:50051``. A port another process listens on
+is refused with one line naming it: gRPC's ``SO_REUSEPORT`` is off (see
+:mod:`server_mock._platform`), and the port is tried first with a plain socket, whose error is
+clearer than gRPC's.
+"""
 
 from __future__ import annotations
 
 import argparse
+import errno
+import os
 import signal
+import socket
 import sys
 import threading
 from typing import TextIO
 
 from server_mock._cli.common import EXIT_OK, UsageError, is_loopback
+from server_mock._cli.connection import ADDRESS_VARIABLE
 from server_mock._cli.runner_args import launcher_from_args
 from server_mock._cli.tls_args import TlsUsageError, operator_address, serve_tls_from_args
 from server_mock._platform import MockPlatform
 
 __all__ = ["serve"]
 
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 50051
 SHUTDOWN_WAIT = 60.0
+
+
+def _listen_address(args: argparse.Namespace) -> tuple[str, int]:
+    """``--host``/``--port``, completed from ``$CLARA_MOCK_ADDRESS`` or the defaults."""
+    host, port = DEFAULT_HOST, DEFAULT_PORT
+    variable = os.environ.get(ADDRESS_VARIABLE, "").strip()
+    if variable:
+        env_host, sep, env_port = variable.rpartition(":")
+        if not sep or not env_host or not env_port.isdigit():
+            raise UsageError(f"${ADDRESS_VARIABLE} {variable!r}: expected HOST:PORT")
+        host, port = env_host, int(env_port)
+    host = args.host if args.host is not None else host
+    port = args.port if args.port is not None else port
+    if not 0 <= port < 65536:
+        flag = "--port" if args.port is not None else f"${ADDRESS_VARIABLE}"
+        raise UsageError(f"{flag} {port}: expected 0-65535")
+    return host, port
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Refuse a port that is taken, naming it (a bind with SO_REUSEADDR, as gRPC's).
+
+    Raises:
+        UsageError: Something listens there, or the address cannot be bound.
+    """
+    if port == 0:
+        return
+    try:
+        infos = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM)
+    except socket.gaierror as error:
+        raise UsageError(f"--host {host}: {error.strerror}") from None
+    for family, kind, proto, _, address in infos:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(address)
+            except OSError as error:
+                if error.errno == errno.EADDRINUSE:
+                    raise UsageError(
+                        f"port {port} on {host} is already in use (another `clara-mock serve`, "
+                        "or another program): stop it, or choose another --port"
+                    ) from None
+                raise UsageError(f"--host {host} --port {port}: {error.strerror}") from None
 
 
 def serve(args: argparse.Namespace, out: TextIO) -> int:
@@ -25,21 +81,20 @@ def serve(args: argparse.Namespace, out: TextIO) -> int:
         UsageError: A flag is wrong (the message names it).
         server_mock._persistence.StateStoreError: The ``--state`` file cannot be used.
     """
-    if not 0 <= args.port < 65536:
-        raise UsageError(f"--port {args.port}: expected 0-65535")
+    host, port = _listen_address(args)
     try:
         tls = serve_tls_from_args(args)
     except TlsUsageError as error:
         raise UsageError(str(error)) from None
-    if not is_loopback(args.host) and tls is None and not args.insecure:
+    if not is_loopback(host) and tls is None and not args.insecure:
         raise UsageError(
-            f"--host {args.host}: TLS is required to listen beyond loopback: give --tls-cert "
+            f"--host {host}: TLS is required to listen beyond loopback: give --tls-cert "
             "and --tls-key (and --tls-client-ca to require client certificates), or pass "
             "--insecure to accept that anyone who can reach the port can use the platform"
         )
-    if not is_loopback(args.host) and (tls is None or not tls.server.mutual):
+    if not is_loopback(host) and (tls is None or not tls.server.mutual):
         print(
-            f"clara-mock serve: warning: anyone who can reach {args.host} can use the Clara "
+            f"clara-mock serve: warning: anyone who can reach {host} can use the Clara "
             "Platform API; --tls-client-ca restricts it to holders of a client certificate",
             file=sys.stderr,
         )
@@ -49,9 +104,10 @@ def serve(args: argparse.Namespace, out: TextIO) -> int:
     launcher = launcher_from_args(
         args, operators_dir, extra_env=tls.operator_env if tls is not None else None
     )
+    _check_port_free(host, port)
     platform = MockPlatform(
-        args.host,
-        args.port,
+        host,
+        port,
         workspace=args.workspace,
         state_path=args.state,
         launcher=launcher,
@@ -66,7 +122,10 @@ def serve(args: argparse.Namespace, out: TextIO) -> int:
 
     previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        address = platform.start()
+        try:
+            address = platform.start()
+        except RuntimeError as error:  # the bind failed after all (e.g. a race for the port)
+            raise UsageError(f"port {port} on {host}: {error}") from None
         print(f"clara-mock listening on {address}", file=out, flush=True)
         while not stopped.wait(3600):
             pass

@@ -107,11 +107,13 @@ class PayloadsService(payloads_pb2_grpc.PayloadsServicer):
                     )
                 upload.write(request.data)
             if upload is None or payload_id is None:
-                raise ApiError(
-                    ErrorCode.INVALID_UPLOAD,
-                    "the upload carried no chunk, so no payload or file name (the published "
-                    "client sends nothing at all for an empty file)",
+                # The published client sends no message at all for an empty file: accept the
+                # stream (nothing names a payload or a file, so nothing is stored) and warn.
+                _log.warning(
+                    "Payloads.Upload: a stream without any message names no file; nothing "
+                    "stored (an empty file is uploaded as one message without data)"
                 )
+                return payloads_pb2.PayloadsUploadResponse(header=ok())
             # The payload may have been deleted, or its job started, while the chunks came in.
             if self._state.payloads.get(payload_id) is not upload.record:
                 raise ApiError(ErrorCode.PAYLOAD_NOT_FOUND, f"payload {payload_id.hex} not found")

@@ -1,8 +1,10 @@
-"""The docs stay true: generated files are fresh, and the getting-started example runs."""
+"""The docs stay true: generated files are fresh, diagrams complete, links in place.
+
+docs/getting-started.md has a test of its own (test_getting_started.py).
+"""
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -49,54 +51,6 @@ def test_lifecycle_diagram_has_every_state_and_the_cleanup_paths() -> None:
     assert into_cleanup == {"CONNECTING", "PREPARING", "WAITING_FOR_INPUTS", "EXECUTING"}
     for kind in clara.NotificationKind:
         assert f"`{kind.value}`" in text, kind
-
-
-def extract_files(markdown: str) -> dict[str, str]:
-    """The code blocks preceded by ``<!-- file: NAME -->``."""
-    pattern = re.compile(r"<!-- file: (\S+) -->\n```\w*\n(.*?)```", re.DOTALL)
-    return {name: body for name, body in pattern.findall(markdown)}
-
-
-def test_the_getting_started_operator_runs_standalone_and_its_tests_pass(tmp_path: Path) -> None:
-    files = extract_files((DOCS / "getting-started.md").read_text())
-    assert set(files) == {"count_files.py", "pipeline.yaml", "test_count_files.py"}
-    for name, body in files.items():
-        (tmp_path / name).write_text(body)
-    (tmp_path / "in").mkdir()
-    (tmp_path / "in" / "a").write_text("a")
-    (tmp_path / "in" / "b").write_text("b")
-    (tmp_path / "out").mkdir()
-    env = {
-        **os.environ,
-        "NVIDIA_CLARA_NOSYNCLOCK": "1",
-        "NVIDIA_CLARA_INPUT": "in",
-        "NVIDIA_CLARA_OUTPUT": "out",
-    }
-
-    standalone = subprocess.run(
-        [sys.executable, "count_files.py"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert standalone.returncode == 0, standalone.stdout + standalone.stderr
-    assert (tmp_path / "out" / "count.txt").read_text() == "2\n"
-
-    clean_env = {k: v for k, v in os.environ.items() if not k.startswith("NVIDIA_CLARA_")}
-    tests = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_count_files.py"],
-        cwd=tmp_path,
-        env=clean_env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert tests.returncode == 0, tests.stdout + tests.stderr
-    assert "3 passed" in tests.stdout
 
 
 def test_readme_links_the_docs_and_the_plugin_example() -> None:

@@ -104,6 +104,12 @@ def main(address: str, workdir: Path) -> dict[str, Any]:
         details = payloads.upload(payload.payload_id, file.name, file_path=str(file))
         uploaded[details.name] = details.size
     result["uploaded"] = uploaded
+    # The client sends no message at all for an empty file; the mock accepts the empty stream.
+    empty = workdir / "empty.txt"
+    empty.write_bytes(b"")
+    result["empty_upload_error"] = error_text(
+        lambda: payloads.upload(payload.payload_id, "empty.txt", file_path=str(empty))
+    )
     listing = payloads.get_details(payload.payload_id)
     result["payload_files"] = {f.name: f.size for f in listing.file_details}
     result["payload_metadata"] = dict(listing.metadata)

@@ -227,6 +227,7 @@ def _check(result: dict[str, Any], started: dict[str, Any], workdir: Path) -> No
     big = (workdir / "inputs" / "big.bin").stat().st_size
     assert result["payload_type"] == 2  # PAYLOAD_TYPE_REUSABLE
     assert result["uploaded"] == {"big.bin": big, "notes.txt": 12}
+    assert result["empty_upload_error"] == "NO ERROR"  # accepted (nothing names a file to store)
     assert result["payload_files"] == {"big.bin": big, "notes.txt": 12}
     assert result["payload_metadata"] == {"kind": "inputs"}
     assert result["round_trip_matches"] is True

@@ -43,12 +43,14 @@ def test_fan_in_inputs_read_each_upstream_operators_only_output(tmp_path: Path) 
             from_stage="segment",
             from_output="mask",
             name="",
+            declared_path="/in/mask",
         ),
         InputRef(
             path=str(tmp_path / "operators" / "reader" / "output"),
             from_stage="reader",
             from_output="",
             name="",
+            declared_path="/in/volume",
         ),
     )
     assert writer.upstream == {"segment", "reader"}

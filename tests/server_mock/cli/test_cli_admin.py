@@ -196,7 +196,7 @@ def test_help_reads_well(capsys: pytest.CaptureFixture[str]) -> None:
         assert exited.value.code == 0
     text = capsys.readouterr().out
     assert "jobs         list, inspect, read the logs of, or cancel jobs" in text
-    assert "clara-mock jobs logs 0c3b7f1e1a2b4c3d8e9f0a1b2c3d4e5f segment" in text
+    assert "clara-mock jobs logs 0c3b7f1e-1a2b-4c3d-8e9f-0a1b2c3d4e5f segment" in text
     assert "OPERATOR" in text and "--address HOST:PORT" in text
 
 
