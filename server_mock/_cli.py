@@ -21,6 +21,7 @@ from server_mock._jobs import StageState
 from server_mock._persistence import StateStoreError
 from server_mock._platform import JobSnapshot, MockPlatform, StageSnapshot
 from server_mock._runner import LocalProcessLauncher, OperatorMapError, load_operator_map
+from server_mock._runner_cli import RunnerUsageError, add_runner_flags, runner_options
 from server_mock._tls import (
     TlsUsageError,
     add_tls_arguments,
@@ -121,6 +122,7 @@ def _add_runner_arguments(parser: argparse.ArgumentParser, command_dir_help: str
     )
     if command_dir_help is not None:
         parser.add_argument("--operators-dir", type=Path, default=Path.cwd(), help=command_dir_help)
+    add_runner_flags(parser)
 
 
 def _operator_map(args: argparse.Namespace) -> dict[str, list[str]]:
@@ -147,11 +149,11 @@ def _serve(args: argparse.Namespace, out: TextIO) -> int:
         tls = serve_tls_from_args(args)
     except TlsUsageError as error:
         raise UsageError(str(error)) from None
-    if not _is_loopback(args.host) and tls is None and not args.insecure:
+    if not _is_loopback(args.host) and (tls is None or not tls.server.mutual) and not args.insecure:
         raise UsageError(
-            f"--host {args.host}: TLS is required to listen beyond loopback: give --tls-cert "
-            "and --tls-key (and --tls-client-ca to require client certificates), or pass "
-            "--insecure to accept that anyone who can reach the port can use the platform"
+            f"--host {args.host}: mutual TLS is required to listen beyond loopback (whoever "
+            "can call Jobs.Start can run code): give --tls-cert, --tls-key and --tls-client-ca, "
+            "or pass --insecure to accept that anyone who can reach the port can use the platform"
         )
     if not _is_loopback(args.host) and (tls is None or not tls.server.mutual):
         print(
@@ -170,6 +172,7 @@ def _serve(args: argparse.Namespace, out: TextIO) -> int:
         extra_env=tls.operator_env if tls is not None else None,
         # A lambda: the platform (and its token store) is created after the launcher.
         stage_token=lambda job, stage: launcher_holder[0].stage_tokens.issue(job, stage),  # noqa: PLW0108
+        **runner_options(args),
     )
     platform = MockPlatform(
         args.host,
@@ -254,6 +257,7 @@ def _run(args: argparse.Namespace, out: TextIO) -> int:
         pipeline.resolve().parent,
         operator_map=operator_map,
         stage_token=lambda job, stage: holder[0].stage_tokens.issue(job, stage),  # noqa: PLW0108
+        **runner_options(args),
     )
     with tempfile.TemporaryDirectory(prefix="clara-run-") as temp:
         workspace = args.workspace or Path(temp)
@@ -345,7 +349,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         if args.command == "serve":
             return _serve(args, stream)
         return _run(args, stream)
-    except (UsageError, StateStoreError) as error:
+    except (UsageError, StateStoreError, RunnerUsageError) as error:
         print(f"clara-mock {args.command}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
     except PlatformApiError as error:
