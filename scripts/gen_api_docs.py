@@ -48,6 +48,8 @@ CLARA_SECTIONS: dict[str, tuple[str, ...]] = {
 MOCK_ONLY_VARIABLES = {
     "NVIDIA_CLARA_LOGS": "The job's log folder (the operator's stdout and stderr go to "
     "`<logs>/<operator>.log`).",
+    "CUDA_VISIBLE_DEVICES": "The GPUs its `requests.gpu` gave the operator; empty without a "
+    "request (see docs/security.md, *Resource limits*).",
 }
 SECTION_NAMES = ("Args", "Returns", "Raises", "Attributes", "Yields", "Fixtures", "Example")
 
