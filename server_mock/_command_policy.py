@@ -12,17 +12,34 @@ the mock put there:
 Everything else is refused: a program found on ``PATH`` (``touch``, ``sh``), ``python -c`` or
 ``python -m``, a file outside the folder. Commands from the operator map are the mock
 operator's own and always run; ``--allow-definition-commands`` lifts the rule.
+
+The definition's (and Jobs.Start's) ``variables`` could change what even an allowed command
+runs (``PYTHONPATH`` pointing at an uploaded payload shadows ``clara``; ``LD_PRELOAD``,
+``BASH_ENV``, ``PATH``): outside the sandbox, variables that choose code are refused as well.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
-__all__ = ["DefinitionCommandRefused", "check_definition_command"]
+__all__ = ["DefinitionCommandRefused", "check_definition_command", "check_definition_variables"]
 
+# Variables that choose which code a process loads or runs.
+_CODE_VARIABLES = frozenset(
+    {
+        "PATH",
+        "PYTHONPATH",
+        "PYTHONHOME",
+        "PYTHONSTARTUP",
+        "PYTHONUSERBASE",
+        "PYTHONEXECUTABLE",
+        "PYTHONPLATLIBDIR",
+        "BASH_ENV",
+    }
+)
 # Interpreter options that take no argument and run no code of their own.
 _PLAIN_PYTHON_OPTIONS = frozenset({"-u", "-B", "-O", "-OO", "-E", "-s", "-S", "-I", "-b", "-q"})
 
@@ -62,6 +79,22 @@ def check_definition_command(
     folder = Path(os.path.realpath(command_dir))
     if not resolved.is_relative_to(folder) or not resolved.is_file():
         _refuse(operator, command, f"{target!r} is not a file in the command folder {folder}")
+
+
+def check_definition_variables(operator: str, names: Iterable[str]) -> None:
+    """Refuse variables that choose which code runs (``PYTHONPATH``, ``LD_PRELOAD``, ...).
+
+    Raises:
+        DefinitionCommandRefused: One of ``names`` is such a variable; the message names it.
+    """
+    chosen = sorted(n for n in names if n in _CODE_VARIABLES or n.startswith("LD_"))
+    if chosen:
+        raise DefinitionCommandRefused(
+            f"operator {operator!r}: the process runner does not let a definition or a job "
+            f"set {', '.join(chosen)}, which choose the code its command runs; run operators "
+            "in the sandbox (--runner sandbox, needs bwrap) or pass --allow-definition-commands "
+            "to trust every definition"
+        )
 
 
 def _refuse(operator: str, command: Sequence[str], reason: str) -> NoReturn:

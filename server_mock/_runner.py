@@ -50,7 +50,7 @@ from typing import Literal
 import yaml
 
 from clara import contract
-from server_mock._command_policy import check_definition_command
+from server_mock._command_policy import check_definition_command, check_definition_variables
 from server_mock._jobs import Job, Stage, StageState
 from server_mock._operator_process import OperatorProcess, start_operator_process
 from server_mock._pipeline_definition import OperatorSpec, PipelineDefinition
@@ -371,10 +371,12 @@ class LocalProcessLauncher:
         """Settle the operator's argv and limits; refuse what cannot run, before any start."""
         command, from_definition = self._command(operator)
         rootfs = self._rootfs_of(operator)
-        if from_definition and self.runner == "process" and not self._allow_definition_commands:
-            check_definition_command(
-                operator.name, operator.container.command, self._command_dir, _PYTHON_NAMES
-            )
+        if self.runner == "process" and not self._allow_definition_commands:
+            if from_definition:
+                check_definition_command(
+                    operator.name, operator.container.command, self._command_dir, _PYTHON_NAMES
+                )
+            check_definition_variables(operator.name, job.stage(operator.name).spec.variables)
         limits = parse_requests(operator)
         prefix = self._resources.prefix(limits)
         gpus = self._resources.gpu_devices(limits)

@@ -198,7 +198,7 @@ def _system_mounts() -> tuple[_Mount, ...]:
 
 
 @functools.cache
-def python_runtime_dirs() -> tuple[str, ...]:
+def _python_runtime_dirs() -> tuple[str, ...]:
     """The folders the mock's Python needs, as paths to bind at the same place (cached)."""
     candidates = [sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix]
     packages = site.getsitepackages()
@@ -334,7 +334,7 @@ def sandbox_command(
     ]
     if rootfs is None:
         mounts += _system_mounts()
-        same_path_dirs = [(d, False) for d in python_runtime_dirs()]
+        same_path_dirs = [(d, False) for d in _python_runtime_dirs()]
         if command_dir is not None:
             same_path_dirs.append((str(command_dir), False))
         workdir = str(command_dir) if command_dir is not None else "/"

@@ -99,6 +99,28 @@ def test_the_process_runner_runs_files_of_the_operators_folder(tmp_path: Path) -
     assert "ran from the operators folder" in run.logs["only"]
 
 
+@pytest.mark.parametrize("variable", ["PYTHONPATH", "LD_PRELOAD", "PATH", "BASH_ENV"])
+def test_the_process_runner_refuses_variables_that_choose_the_code_that_runs(
+    tmp_path: Path, variable: str
+) -> None:
+    # An allowed command, but PYTHONPATH at an uploaded payload would shadow `clara` itself.
+    definition = pipeline(
+        f"""
+        - name: only
+          container: {{image: t/op, command: [python, op.py]}}
+          variables: {{{variable}: /somewhere, OPERATOR_CODE: pass}}
+          input: [{{path: /input}}]
+        """
+    )
+    with (
+        platform(tmp_path, runner="process") as running,
+        pytest.raises(PlatformApiError, match=f"does not let a definition or a job set {variable}"),
+    ):
+        running.submit(definition)
+    with platform(tmp_path, runner="process", allow_definition_commands=True) as running:
+        assert running.run(definition).job.state is JobState.SUCCEEDED
+
+
 @pytest.mark.parametrize(
     ("command", "reason"),
     [
