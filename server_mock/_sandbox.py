@@ -37,6 +37,7 @@ import shutil
 import site
 import subprocess
 import sys
+import urllib.parse
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -244,9 +245,9 @@ def _editable_roots() -> list[str]:
             info = json.loads(text)
         except ValueError:
             continue
-        url = info.get("url", "")
-        if info.get("dir_info", {}).get("editable") and url.startswith("file://"):
-            roots.append(url.removeprefix("file://"))
+        url = urllib.parse.urlparse(info.get("url", ""))
+        if info.get("dir_info", {}).get("editable") and url.scheme == "file":
+            roots.append(urllib.parse.unquote(url.path))
     return roots
 
 
@@ -271,7 +272,9 @@ def bwrap_problem(isolate_network: bool = False) -> str | None:
     argv = [path, *_namespace_options(network=not isolate_network)]
     for mount in _system_mounts():
         argv += mount.args()
-    argv += ["--proc", "/proc", "--dev", "/dev", "--", "true"]
+    # Every option a sandbox may use, so that an older bwrap fails here, not at a launch.
+    argv += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--size", str(1 << 20)]
+    argv += ["--tmpfs", "/tmp", "--remount-ro", "/", "--chdir", "/", "--", "true"]
     try:
         done = subprocess.run(
             argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=_PROBE_TIMEOUT, check=False
