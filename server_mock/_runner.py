@@ -402,6 +402,11 @@ class LocalProcessLauncher:
         tls_files = [
             Path(self._extra_env[name]) for name in _TLS_FILE_VARIABLES if name in self._extra_env
         ]
+        shown = [(layout.logs_dir, True)]
+        if not from_definition and rootfs is None:
+            # The operator map is the mock operator's own: show the folders its programs are in.
+            programs = command[:2] if command[0] == sys.executable else command[:1]
+            shown += [(Path(p).parent, False) for p in programs if os.path.isabs(p)]
         try:
             sandboxed = sandbox_command(
                 command,
@@ -410,7 +415,7 @@ class LocalProcessLauncher:
                     hidden_paths=(*self._sandbox.hidden_paths, layout.root.parent),
                 ),
                 stage_mounts=mounts,
-                shared_dirs=[(layout.logs_dir, True)],
+                shared_dirs=shown,
                 shared_files=tls_files,
                 command_dir=self._command_dir,
                 rootfs=rootfs,

@@ -345,7 +345,12 @@ def sandbox_command(
         mounts += _rootfs_mounts(rootfs)
         same_path_dirs = []
         workdir = "/"
-    same_path_dirs += [(str(d), writable) for d, writable in shared_dirs]
+    system = [m.target for m in _system_mounts()] if rootfs is None else []
+    same_path_dirs += [
+        (str(d), writable)
+        for d, writable in shared_dirs
+        if str(d) != "/" and not any(_is_within(str(d), s) for s in system)
+    ]
     hidden = [os.path.abspath(p) for p in settings.hidden_paths]
     read_only_tmpfs: list[str] = []
     for folder, writable in _dedupe(same_path_dirs):

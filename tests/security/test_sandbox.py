@@ -17,7 +17,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from _launch import LINGERER, WAIT, Platform, driver_operator, listener, pipeline, platform
+from _launch import (
+    DRIVER_OPERATOR,
+    LINGERER,
+    WAIT,
+    Platform,
+    driver_operator,
+    listener,
+    pipeline,
+    platform,
+)
 
 from server_mock import JobState
 from server_mock._client import PlatformApiError, PlatformClient
@@ -263,3 +272,26 @@ def start_seen_job(
     job_id = client.create_job(client.create_pipeline(definition), "seen", [payload_id])
     client.start_job(job_id)
     return job_id
+
+
+def test_an_operator_map_program_outside_the_operators_folder_runs_in_the_sandbox(
+    tmp_path: Path,
+) -> None:
+    assert bwrap_problem() is None, f"the sandbox tests need bubblewrap: {bwrap_problem()}"
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    (tools / "tool.py").write_text(DRIVER_OPERATOR)
+    mapping = {"t/mapped": [sys.executable, str(tools / "tool.py")]}
+    with platform(tmp_path, runner="sandbox", operator_map=mapping) as running:
+        run = running.run(
+            pipeline(
+                """
+                - name: mapped
+                  container: {image: t/mapped}
+                  variables: {OPERATOR_CODE: "print('the mapped tool ran')"}
+                  input: [{path: /input}]
+                """
+            )
+        )
+    assert run.job.state is JobState.SUCCEEDED, (run.job.message, run.logs)
+    assert "the mapped tool ran" in run.logs["mapped"]
