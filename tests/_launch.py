@@ -233,7 +233,9 @@ def listener() -> Iterator[Listener]:
 
 
 # A process that connects to LISTENER, says ``alive <pid>``, ignores SIGTERM and then waits
-# for ever: what an operator must never leave behind.
+# for ever: what an operator must never leave behind. It prints ``connected`` once connected,
+# so its starter can wait for that before it ends (else it could take the lingerer with it
+# before the test sees it alive).
 LINGERER = textwrap.dedent(
     """
     import os, signal, socket, sys, time
@@ -241,6 +243,7 @@ LINGERER = textwrap.dedent(
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     connection = socket.create_connection((host, int(port)))
     connection.sendall(f"alive {os.getpid()} {sys.argv[1]}\\n".encode())
+    print("connected", flush=True)  # to whoever started it and waits for this line
     while True:
         time.sleep(3600)
     """

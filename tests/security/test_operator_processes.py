@@ -24,8 +24,9 @@ REGROUP = textwrap.dedent(
 )
 SPAWN = """
 import subprocess, sys
-subprocess.Popen([sys.executable, "lingerer.py", "group"])
-subprocess.Popen([sys.executable, "regroup.py", "session"])
+for script, tag in (("lingerer.py", "group"), ("regroup.py", "session")):
+    child = subprocess.Popen([sys.executable, script, tag], stdout=subprocess.PIPE)
+    child.stdout.readline()  # connected
 """
 OPERATORS = {"lingerer.py": LINGERER, "regroup.py": REGROUP}
 RUNNERS = ["process", "sandbox"]

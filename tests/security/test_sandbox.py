@@ -138,7 +138,10 @@ def test_a_forked_detached_grandchild_is_gone_when_the_stage_ends(sandboxed: Pla
     with listener() as server:
         code = """
         import subprocess, sys
-        subprocess.run([sys.executable, "detach.py", "grandchild"], check=True)
+        argv = [sys.executable, "detach.py", "grandchild"]
+        detach = subprocess.Popen(argv, stdout=subprocess.PIPE)
+        detach.stdout.readline()  # the grandchild is connected
+        detach.wait()
         """
         definition = pipeline(
             driver_operator("parent", code, "input: [{path: /input}]", {"LISTENER": server.address})
