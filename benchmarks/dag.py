@@ -16,10 +16,17 @@ wall time varied 2-3x between runs, so it is not used.)
 
 Informational (:func:`run_inprocess_variant`): the same DAG on a MockPlatform with every
 driver in this process (no process starts): the platform and driver cost per stage alone.
+
+Sandbox start (:func:`spawn_sandboxed`): the same ``python -c "import clara"`` process started
+in the bubblewrap sandbox the sandboxed runner gives a stage (its namespaces, the host's
+system folders and Python, an input, an output and a log folder), built by the runner's own
+:func:`server_mock._sandbox.sandbox_command`; baseline: the plain process start, the two
+alternating. Target <= 1.2x: the sandbox adds at most a fifth to a stage's process start.
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 import tempfile
 import time
@@ -30,10 +37,13 @@ from typing import Any
 import clara
 from benchmarks._common import PYTHON, Row, row
 from server_mock import InputRef, MockPlatform, OutputRef, StageSpec
+from server_mock._runner import choose_runner
+from server_mock._sandbox import SandboxSettings, StageMount, bwrap_problem, sandbox_command
 
 TITLE = "Figure 6 - DAG of no-op stages: per-stage cost vs starting one operator process"
 FIGURE = "6 dag"
 TARGET_RATIO = 2.0
+TARGET_SANDBOX_RATIO = 1.2
 RUN_TIMEOUT = 300.0
 
 _OPERATOR = """\
@@ -188,6 +198,26 @@ def spawn_one(cwd: Path) -> float:
     return time.perf_counter() - started
 
 
+def spawn_sandboxed(folder: Path) -> float:
+    """Start one ``python -c "import clara"`` process in a stage's sandbox; wall seconds."""
+    for name in ("input", "output", "logs"):
+        (folder / "stage" / name).mkdir(parents=True, exist_ok=True)
+    argv = sandbox_command(
+        [PYTHON, "-c", "import clara"],
+        settings=SandboxSettings(),
+        stage_mounts=[
+            StageMount(folder / "stage" / "input", "/input", writable=False),
+            StageMount(folder / "stage" / "output", "/output", writable=True),
+        ],
+        shared_dirs=[(folder / "stage" / "logs", True)],
+        command_dir=folder,
+        home=os.environ.get("HOME"),
+    )
+    started = time.perf_counter()
+    subprocess.run(argv, stdout=subprocess.DEVNULL, cwd=folder, check=True, timeout=60)
+    return time.perf_counter() - started
+
+
 def run(quick: bool) -> list[Row]:
     stages = 30 if quick else 200
     repetitions = 1 if quick else 2
@@ -203,7 +233,16 @@ def run(quick: bool) -> list[Row]:
             cli.append(run_cli_variant(folder, stages) / stages * 1e3)
             spawn += [spawn_one(folder) * 1e3 for _ in range(spawns // 2)]
             inprocess.append(run_inprocess_variant(stages) / stages * 1e3)
-    return [
+        sandboxed: list[float] = []
+        plain: list[float] = []
+        problem = bwrap_problem()
+        if problem is None:
+            spawn_sandboxed(folder)  # warm the file cache
+            for _ in range(10 if quick else 30):
+                plain.append(spawn_one(folder) * 1e3)
+                sandboxed.append(spawn_sandboxed(folder) * 1e3)
+    runner = choose_runner(None, SandboxSettings())
+    rows = [
         row(
             FIGURE,
             f"clara-mock run, {stages} stages, per stage",
@@ -214,8 +253,9 @@ def run(quick: bool) -> list[Row]:
             target=f"median <= {TARGET_RATIO:g}x",
             check=lambda r: r.ratio <= TARGET_RATIO,
             note=f"each sample: one run's wall time / {stages} (embedded platform start, "
-            f"{stages} operator processes, outputs written); baseline: one process start, "
-            "sequential",
+            f"{stages} operator processes, outputs written; the {runner} runner, the "
+            "default here); baseline: one process start, sequential"
+            + ("" if problem is None else f"; sandbox start not measured: {problem}"),
         ),
         row(
             FIGURE,
@@ -228,3 +268,19 @@ def run(quick: bool) -> list[Row]:
             "platform and driver cost without process starts",
         ),
     ]
+    if problem is None:
+        rows.append(
+            row(
+                FIGURE,
+                "sandboxed operator process start",
+                "ms",
+                sandboxed,
+                baseline="one 'import clara' process",
+                base_samples=plain,
+                target=f"median <= {TARGET_SANDBOX_RATIO:g}x",
+                check=lambda r: r.ratio <= TARGET_SANDBOX_RATIO,
+                note="the same process in a stage's bwrap sandbox (namespaces, system "
+                "folders, Python, an input, an output, logs), alternating with the plain start",
+            )
+        )
+    return rows

@@ -75,6 +75,13 @@ VARIABLE_SOURCES = {
     "NVIDIA_CLARA_TLS_CERT": _OURS,
     "NVIDIA_CLARA_TLS_KEY": _OURS,
     "NVIDIA_CLARA_TLS_SERVER_NAME": _OURS,
+    "CUDA_VISIBLE_DEVICES": (
+        "The GPUs the operator may use.",
+        "Set: the GPUs its `requests.gpu` gave the operator; empty without a request (see "
+        "docs/security.md, *Resource limits*).",
+        "The CUDA runtime; [Clara: Requests](https://docs.nvidia.com/clara-holoscan/archive/"
+        "clara-deploy-0.7.4/sdk/platform/pipelines/public/docs/reference/requests.html) (`gpu`)",
+    ),
 }
 # Set for operators by a Clara platform, but not read by the driver: meaning, what the mock
 # does with it, and where it comes from.

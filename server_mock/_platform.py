@@ -165,6 +165,8 @@ class MockPlatform:
         state_path: Keep the platform's state in this SQLite file (see
             :mod:`server_mock._persistence`): loaded by :meth:`start`, every change committed
             before it is acknowledged. By default the state lives in memory only.
+        unix_socket: Also serve on this Unix socket (with the same TLS), e.g. in a private
+            folder, for sandboxed operators without a network; removed on :meth:`stop`.
 
     Raises:
         TlsFileError: A file of ``tls`` is missing, unreadable or not PEM.
@@ -181,6 +183,7 @@ class MockPlatform:
         require_stage_tokens: bool = False,
         max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
         state_path: Path | None = None,
+        unix_socket: Path | None = None,
     ) -> None:
         if max_upload_bytes <= 0:
             raise ValueError(f"max_upload_bytes {max_upload_bytes}: expected a size > 0")
@@ -191,6 +194,7 @@ class MockPlatform:
         self._max_upload_bytes = max_upload_bytes
         self._host = host
         self._requested_port = port
+        self.unix_socket = unix_socket
         self._port: int | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -282,6 +286,15 @@ class MockPlatform:
             port = server.add_insecure_port(bind)
         if port == 0:
             raise RuntimeError(f"could not bind {self._host}:{self._requested_port}")
+        if self.unix_socket is not None:
+            unix = f"unix:{self.unix_socket}"
+            bound = (
+                server.add_secure_port(unix, self._server_credentials)
+                if self._server_credentials is not None
+                else server.add_insecure_port(unix)
+            )
+            if bound == 0:
+                raise RuntimeError(f"could not bind {unix}")
         await server.start()
         for name in ("", *served):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -299,6 +312,8 @@ class MockPlatform:
         self._close_state()
         self._shutdown_loop()
         self._port = None
+        if self.unix_socket is not None:
+            self.unix_socket.unlink(missing_ok=True)
         if self._temp_workspace is not None:
             self._temp_workspace.cleanup()
 

@@ -18,12 +18,23 @@ stage having reported an outcome fails the stage; a stage still running ``timeou
 after its timeout (counted from inputs ready) is timed out and its process stopped; a
 process still alive ``exit_grace`` after its stage ended (cancelled, failed upstream) is
 sent SIGTERM, then SIGKILL after ``kill_grace``.
+
+Two runners (``runner=``): ``"sandbox"`` runs each operator in a bubblewrap sandbox (see
+:mod:`server_mock._sandbox`): it sees its inputs and outputs at the paths its definition
+declares (the stage context gives those paths too), its inputs read-only, its own ``/tmp``,
+none of the host's other files, and nothing it starts outlives it. ``"process"`` runs it as a
+plain process in its own session, and stops its whole process group and session. The default
+is the sandbox wherever bwrap works, else the process runner with a warning. With the process
+runner, a definition's command runs only when it runs a file of the command folder (see
+:mod:`server_mock._command_policy`) unless ``allow_definition_commands``. Each operator's
+``requests`` become limits (see :mod:`server_mock._resources`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import shlex
@@ -32,19 +43,71 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import yaml
 
+from clara import contract
+from server_mock._command_policy import check_definition_command, check_definition_variables
 from server_mock._jobs import Job, Stage, StageState
 from server_mock._operator_env import operator_environment
+from server_mock._operator_process import OperatorProcess, start_operator_process
 from server_mock._pipeline_definition import OperatorSpec, PipelineDefinition
+from server_mock._resources import (
+    ResourceAllocator,
+    ResourceLimits,
+    memory_exhaustion,
+    parse_requests,
+)
+from server_mock._sandbox import (
+    SANDBOX_STAGE_SOCKET,
+    SandboxSettings,
+    SandboxUnavailableError,
+    StageMount,
+    bwrap_problem,
+    sandbox_command,
+)
 from server_mock._workspace import JobLayout
 
-__all__ = ["LocalProcessLauncher", "OperatorMapError", "RunnerTimeouts", "load_operator_map"]
+__all__ = [
+    "LocalProcessLauncher",
+    "OperatorMapError",
+    "RunnerKind",
+    "RunnerTimeouts",
+    "choose_runner",
+    "load_operator_map",
+]
+
+RunnerKind = Literal["sandbox", "process"]
+"""How operators run: in a bubblewrap sandbox, or as plain processes."""
 
 _log = logging.getLogger("server_mock.runner")
 
 _PYTHON_NAMES = frozenset({"python", "python3", f"python3.{sys.version_info.minor}"})
+# The launcher decides these; an inherited value (e.g. from a developer's shell) must not leak.
+_DRIVER_VARIABLES = (
+    contract.ENV_STAGE_SERVICE,
+    contract.ENV_JOB_ID,
+    contract.ENV_STAGE_NAME,
+    contract.ENV_NOSYNCLOCK,
+    contract.ENV_INPUT,
+    contract.ENV_OUTPUT,
+    contract.ENV_LOGS,
+    contract.ENV_STAGE_TOKEN,
+    contract.ENV_TLS_CA,
+    contract.ENV_TLS_CERT,
+    contract.ENV_TLS_KEY,
+    contract.ENV_TLS_SERVER_NAME,
+)
+_TLS_FILE_VARIABLES = (contract.ENV_TLS_CA, contract.ENV_TLS_CERT, contract.ENV_TLS_KEY)
+# Host variables that describe the mock's Python, not an image's.
+_HOST_ONLY_VARIABLES = ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "LD_LIBRARY_PATH", "LD_PRELOAD")
+_IMAGE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+_NOT_ISOLATED = (
+    "operators run as plain processes of this user, not in a sandbox: they can read and write "
+    "every file this user can (other jobs' folders, the state file, the home), share /tmp, "
+    "and processes they detach with setsid outlive them"
+)
 
 
 class OperatorMapError(ValueError):
@@ -96,6 +159,54 @@ def load_operator_map(path: Path) -> dict[str, list[str]]:
     return commands
 
 
+def choose_runner(runner: RunnerKind | None, sandbox: SandboxSettings) -> RunnerKind:
+    """The runner to use: ``runner`` if given (checked), else the sandbox where bwrap works.
+
+    Without bwrap and without an explicit choice, the process runner is chosen and a one-line
+    warning says what is not isolated.
+
+    Raises:
+        SandboxUnavailableError: The sandbox was asked for (``runner="sandbox"``, an image
+            root, network isolation) and bwrap does not work here.
+        ValueError: ``runner="process"`` with image roots or network isolation.
+    """
+    needs_sandbox = bool(sandbox.rootfs) or sandbox.isolate_network
+    if runner == "process":
+        if needs_sandbox:
+            raise ValueError(
+                "the process runner cannot give an operator an image root or its own network; "
+                "use the sandbox runner"
+            )
+        return "process"
+    problem = bwrap_problem(sandbox.isolate_network)
+    if problem is None:
+        return "sandbox"
+    if runner == "sandbox" or needs_sandbox:
+        raise SandboxUnavailableError(f"the sandbox runner cannot run here: {problem}")
+    _log.warning("%s (%s; install bubblewrap to isolate them)", _NOT_ISOLATED, problem)
+    return "process"
+
+
+@dataclass(frozen=True, slots=True)
+class _LaunchPlan:
+    """How one operator is launched, settled before the job starts."""
+
+    argv: list[str]
+    limits: ResourceLimits
+    gpus: list[str]
+    rootfs: Path | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Launched:
+    """A launched operator, as its supervisor needs it."""
+
+    process: OperatorProcess
+    log_path: Path
+    log_offset: int  # where its output starts in the log (a restarted job appends)
+    plan: _LaunchPlan
+
+
 class LocalProcessLauncher:
     """Launches each operator of a job as a local process and supervises it.
 
@@ -114,6 +225,20 @@ class LocalProcessLauncher:
             and before the operator's ``variables``), e.g. the ``NVIDIA_CLARA_TLS_*`` files.
         stage_token: Returns the secret token of (job id, stage name), handed to the
             operator as ``NVIDIA_CLARA_STAGE_TOKEN`` (e.g. ``platform.stage_tokens.issue``).
+        runner: ``"sandbox"`` or ``"process"``; by default the sandbox where bwrap works
+            (see :func:`choose_runner`).
+        sandbox: What the sandbox isolates beyond the default (network, image roots, ...).
+        allow_definition_commands: Let the process runner run any command a definition
+            gives (by default only files of ``command_dir``; the sandbox runs any).
+
+    Raises:
+        SandboxUnavailableError: The sandbox is required and bwrap does not work here.
+        ValueError: ``runner="process"`` with settings only the sandbox has.
+
+    Attributes:
+        runner: The runner in use.
+        exit_codes: Each finished operator process's exit code (negative: killed by that
+            signal), by (job id, operator name).
     """
 
     def __init__(
@@ -125,6 +250,9 @@ class LocalProcessLauncher:
         timeouts: RunnerTimeouts | None = None,
         extra_env: Mapping[str, str] | None = None,
         stage_token: Callable[[uuid.UUID, str], str] | None = None,
+        runner: RunnerKind | None = None,
+        sandbox: SandboxSettings | None = None,
+        allow_definition_commands: bool = False,
     ) -> None:
         self._stage_token = stage_token
         self._platform_address = platform_address
@@ -132,6 +260,12 @@ class LocalProcessLauncher:
         self._operator_map = dict(operator_map or {})
         self._timeouts = timeouts or RunnerTimeouts()
         self._extra_env = dict(extra_env or {})
+        self._sandbox = sandbox or SandboxSettings()
+        if self._sandbox.isolate_network and self._sandbox.stage_socket is None:
+            raise ValueError("network isolation needs the platform's stage_socket")
+        self.runner: RunnerKind = choose_runner(runner, self._sandbox)
+        self._allow_definition_commands = allow_definition_commands
+        self._resources = ResourceAllocator()
         self._tasks: set[asyncio.Task[None]] = set()
         self.exit_codes: dict[tuple[str, str], int] = {}
 
@@ -151,14 +285,19 @@ class LocalProcessLauncher:
         self._stage_token = stage_token
 
     def command_for(self, operator: OperatorSpec) -> list[str]:
-        """The argv that runs ``operator`` locally.
+        """The argv that runs ``operator`` locally (inside its image root, if it has one).
 
         Raises:
             ValueError: Neither the operator map nor the container gives a command.
         """
+        return self._command(operator)[0]
+
+    def _command(self, operator: OperatorSpec) -> tuple[list[str], bool]:
+        """The operator's argv, and whether it comes from the definition (not the map)."""
         container = operator.container
         command = self._operator_map.get(f"{container.image}:{container.tag}")
         command = command or self._operator_map.get(container.image)
+        from_definition = command is None
         if command is None:
             command = list(container.command)
         if not command:
@@ -167,9 +306,14 @@ class LocalProcessLauncher:
                 f"{container.image}:{container.tag}; give the container a `command` or map the "
                 "image in an operator map"
             )
-        if command[0] in _PYTHON_NAMES:
+        if command[0] in _PYTHON_NAMES and self._rootfs_of(operator) is None:
             command = [sys.executable, *command[1:]]
-        return command
+        return command, from_definition
+
+    def _rootfs_of(self, operator: OperatorSpec) -> Path | None:
+        container = operator.container
+        rootfs = self._sandbox.rootfs
+        return rootfs.get(f"{container.image}:{container.tag}") or rootfs.get(container.image)
 
     def environment_for(
         self, job: Job, operator: OperatorSpec, layout: JobLayout
@@ -194,38 +338,127 @@ class LocalProcessLauncher:
         """Start the job and launch one process per operator; return once all are launched.
 
         Raises:
-            ValueError: An operator has no local command (checked before anything starts).
+            ValueError: An operator has no local command, a command the process runner does
+                not run, invalid ``requests``, or a declared path the sandbox cannot mount
+                (all checked before anything starts; the job stays created).
             OSError: A process could not be started; already started ones are stopped by
                 their supervisors when the job fails.
         """
-        commands = {op.name: self.command_for(op) for op in definition.operators}
+        plans = {op.name: self._plan(job, op, layout) for op in definition.operators}
         layout.logs_dir.mkdir(parents=True, exist_ok=True)
+        if self.runner == "sandbox":
+            for operator in definition.operators:
+                _declare_stage_paths(job.stage(operator.name), operator)
         job.start()
         for operator in definition.operators:
+            plan = plans[operator.name]
+            env = self._wrap_environment(self.environment_for(job, operator, layout), plan)
             log_path = layout.log_path(operator.name)
+            log_offset = log_path.stat().st_size if log_path.exists() else 0
             with log_path.open("ab") as log:
-                process = await asyncio.create_subprocess_exec(
-                    *commands[operator.name],
+                process = await start_operator_process(
+                    plan.argv,
                     cwd=self._command_dir,
-                    env=self.environment_for(job, operator, layout),
-                    stdin=asyncio.subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=asyncio.subprocess.STDOUT,
-                    start_new_session=True,  # a signal to the mock must not hit operators
+                    env=env,
+                    log=log,
+                    sandboxed=self.runner == "sandbox",
                 )
             _log.info(
-                "job %s: launched %s (pid %d): %s",
+                "job %s: launched %s (%s runner, pid %d): %s",
                 job.job_id,
                 operator.name,
+                self.runner,
                 process.pid,
-                shlex.join(commands[operator.name]),
+                shlex.join(plan.argv),
             )
             task = asyncio.create_task(
-                self._supervise(job, job.stage(operator.name), process, log_path),
+                self._supervise(
+                    job, job.stage(operator.name), _Launched(process, log_path, log_offset, plan)
+                ),
                 name=f"supervise-{operator.name}",
             )
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+
+    def _plan(self, job: Job, operator: OperatorSpec, layout: JobLayout) -> _LaunchPlan:
+        """Settle the operator's argv and limits; refuse what cannot run, before any start."""
+        command, from_definition = self._command(operator)
+        rootfs = self._rootfs_of(operator)
+        if self.runner == "process" and not self._allow_definition_commands:
+            if from_definition:
+                check_definition_command(
+                    operator.name, operator.container.command, self._command_dir, _PYTHON_NAMES
+                )
+            check_definition_variables(operator.name, job.stage(operator.name).spec.variables)
+        limits = parse_requests(operator)
+        prefix = self._resources.prefix(limits)
+        gpus = self._resources.gpu_devices(limits)
+        if limits.gpus > len(gpus):
+            _log.warning(
+                "job %s: %s requests %d GPU(s); %d available here: %s",
+                job.job_id,
+                operator.name,
+                limits.gpus,
+                len(gpus),
+                ",".join(gpus) or "none",
+            )
+        if self.runner == "process":
+            return _LaunchPlan([*prefix, *command], limits, gpus, None)
+        stage = job.stage(operator.name).spec
+        mounts = [
+            StageMount(Path(ref.path), declared.path, writable=False)
+            for ref, declared in zip(stage.inputs, operator.inputs, strict=True)
+        ] + [
+            StageMount(Path(ref.path), declared.path, writable=True)
+            for ref, declared in zip(stage.outputs, operator.outputs, strict=True)
+        ]
+        tls_files = [
+            Path(self._extra_env[name]) for name in _TLS_FILE_VARIABLES if name in self._extra_env
+        ]
+        shown = [(layout.logs_dir, True)]
+        if not from_definition and rootfs is None:
+            # The operator map is the mock operator's own: show the folders its programs are in.
+            programs = command[:2] if command[0] == sys.executable else command[:1]
+            shown += [(Path(p).parent, False) for p in programs if os.path.isabs(p)]
+        try:
+            sandboxed = sandbox_command(
+                command,
+                settings=dataclasses.replace(
+                    self._sandbox,
+                    hidden_paths=(*self._sandbox.hidden_paths, layout.root.parent),
+                ),
+                stage_mounts=mounts,
+                shared_dirs=shown,
+                shared_files=tls_files,
+                command_dir=self._command_dir,
+                rootfs=rootfs,
+                gpu_devices=gpus,
+                tmp_size=limits.memory_bytes,
+                home=os.environ.get("HOME"),
+            )
+        except ValueError as error:
+            raise ValueError(f"operator {operator.name!r}: {error}") from None
+        return _LaunchPlan([*prefix, *sandboxed], limits, gpus, rootfs)
+
+    def _wrap_environment(self, env: dict[str, str], plan: _LaunchPlan) -> dict[str, str]:
+        """Adjust the operator's environment to where it runs (sandbox, image, GPUs)."""
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(plan.gpus)
+        if self.runner == "process":
+            return env
+        if "TMPDIR" in env:
+            env["TMPDIR"] = "/tmp"  # the host's may not exist inside
+        if self._sandbox.isolate_network:
+            host = env[contract.ENV_STAGE_SERVICE].rpartition(":")[0].strip("[]")
+            env[contract.ENV_STAGE_SERVICE] = f"unix:{SANDBOX_STAGE_SOCKET}"
+            if any(name in env for name in _TLS_FILE_VARIABLES):
+                # gRPC checks a unix: target's certificate against the socket's path: check it
+                # against the name TCP operators dial instead, which the certificate carries.
+                env.setdefault(contract.ENV_TLS_SERVER_NAME, host)
+        if plan.rootfs is not None:
+            for name in _HOST_ONLY_VARIABLES:
+                env.pop(name, None)
+            env["PATH"] = _IMAGE_PATH
+        return env
 
     async def wait_idle(self, timeout: float) -> bool:
         """Wait until every launched process has exited; return False on timeout."""
@@ -242,9 +475,8 @@ class LocalProcessLauncher:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _supervise(
-        self, job: Job, stage: Stage, process: asyncio.subprocess.Process, log_path: Path
-    ) -> None:
+    async def _supervise(self, job: Job, stage: Stage, launched: _Launched) -> None:
+        process, log_path, plan = launched.process, launched.log_path, launched.plan
         loop = asyncio.get_running_loop()
         name = stage.spec.name
         exited = asyncio.ensure_future(process.wait())
@@ -272,7 +504,10 @@ class LocalProcessLauncher:
                     stop_at = now
                 if stop_at is not None and now >= stop_at:
                     signals_sent += 1
-                    _signal(process, "terminate" if signals_sent == 1 else "kill")
+                    if signals_sent == 1:
+                        process.terminate()
+                    else:
+                        process.kill()
                     stop_at = now + self._timeouts.kill_grace
                 pending = [t for t in (timeout_at, stop_at) if t is not None and t > now]
                 deadline = min(pending, default=now + 3600)
@@ -282,26 +517,51 @@ class LocalProcessLauncher:
                 )
                 waiter.cancel()
         except asyncio.CancelledError:
-            _signal(process, "kill")
-            with contextlib.suppress(asyncio.CancelledError, ProcessLookupError):
+            process.kill()
+            with contextlib.suppress(asyncio.CancelledError, ProcessLookupError, TimeoutError):
                 await asyncio.wait_for(asyncio.shield(exited), 10)
             raise
+        finally:
+            process.end_leftovers()  # no process the operator started outlives it
         code = exited.result()
         self.exit_codes[(str(job.job_id), name)] = code
         _log.info("job %s: %s exited with code %d", job.job_id, name, code)
+        exhausted = None
+        if plan.limits.memory_bytes is not None and code != 0:
+            exhausted = memory_exhaustion(
+                log_path, launched.log_offset, -code if code < 0 else None
+            )
+        memory = (
+            f"; it ran out of memory ({exhausted}): requests.memory limits it to "
+            f"{plan.limits.describe_memory()} of data memory (RLIMIT_DATA)"
+            if exhausted
+            else ""
+        )
         if not stage.state.terminal:
             reason = f"signal {-code}" if code < 0 else f"code {code}"
             job.fail_stage(
                 name,
                 StageState.FAILED,
-                f"operator process exited with {reason} before reporting an outcome "
-                f"(see {log_path})",
+                f"operator process exited with {reason} before reporting an outcome"
+                f"{memory} (see {log_path})",
             )
+        elif memory:
+            _log.warning("job %s: %s%s", job.job_id, name, memory)
+            with contextlib.suppress(OSError), log_path.open("a", encoding="utf-8") as log:
+                log.write(f"clara-mock: operator {name}{memory}\n")
 
 
-def _signal(process: asyncio.subprocess.Process, how: str) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        if how == "terminate":
-            process.terminate()
-        else:
-            process.kill()
+def _declare_stage_paths(stage: Stage, operator: OperatorSpec) -> None:
+    """Give the stage the paths its definition declares: where its sandbox mounts them."""
+    spec = stage.spec
+    stage.spec = dataclasses.replace(
+        spec,
+        inputs=tuple(
+            dataclasses.replace(ref, path=declared.path)
+            for ref, declared in zip(spec.inputs, operator.inputs, strict=True)
+        ),
+        outputs=tuple(
+            dataclasses.replace(ref, path=declared.path)
+            for ref, declared in zip(spec.outputs, operator.outputs, strict=True)
+        ),
+    )

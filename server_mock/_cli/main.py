@@ -17,6 +17,7 @@ from typing import TextIO
 from server_mock._cli.admin import add_admin_commands
 from server_mock._cli.common import EXIT_JOB_FAILED, EXIT_USAGE, UsageError
 from server_mock._cli.connection import run_client
+from server_mock._cli.runner_flags import RunnerUsageError, add_runner_flags
 from server_mock._cli.signals import Interrupted
 from server_mock._cli.tls_args import add_tls_arguments
 from server_mock._cli.verbs import add_verb_commands
@@ -137,6 +138,7 @@ def _add_runner_arguments(parser: argparse.ArgumentParser, command_dir_help: str
     )
     if command_dir_help is not None:
         parser.add_argument("--operators-dir", type=Path, default=Path.cwd(), help=command_dir_help)
+    add_runner_flags(parser)
 
 
 def _configure_logging(verbosity: int) -> None:
@@ -176,7 +178,7 @@ def _platform_command(args: argparse.Namespace, stream: TextIO) -> int:
         if args.command == "serve":
             return serve(args, stream)
         return run(args, stream)
-    except (UsageError, StateStoreError) as error:
+    except (UsageError, StateStoreError, RunnerUsageError) as error:
         print(f"clara-mock {args.command}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
     except ApiError as error:

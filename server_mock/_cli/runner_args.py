@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from server_mock._cli.common import UsageError
+from server_mock._cli.runner_flags import runner_options
 from server_mock._runner import LocalProcessLauncher, OperatorMapError, load_operator_map
 
 __all__ = ["launcher_from_args"]
@@ -28,7 +29,13 @@ def launcher_from_args(
 
     Raises:
         UsageError: The operator map cannot be read (the message names the flag).
+        RunnerUsageError: A runner flag cannot be honoured here (see
+            :func:`~server_mock._cli.runner_flags.runner_options`).
     """
     return LocalProcessLauncher(
-        None, command_dir, operator_map=_operator_map(args), extra_env=extra_env
+        None,
+        command_dir,
+        operator_map=_operator_map(args),
+        extra_env=extra_env,
+        **runner_options(args),
     )

@@ -86,11 +86,11 @@ def serve(args: argparse.Namespace, out: TextIO) -> int:
         tls = serve_tls_from_args(args)
     except TlsUsageError as error:
         raise UsageError(str(error)) from None
-    if not is_loopback(host) and tls is None and not args.insecure:
+    if not is_loopback(host) and (tls is None or not tls.server.mutual) and not args.insecure:
         raise UsageError(
-            f"--host {host}: TLS is required to listen beyond loopback: give --tls-cert "
-            "and --tls-key (and --tls-client-ca to require client certificates), or pass "
-            "--insecure to accept that anyone who can reach the port can use the platform"
+            f"--host {host}: mutual TLS is required to listen beyond loopback (whoever "
+            "can call Jobs.Start can run code): give --tls-cert, --tls-key and --tls-client-ca, "
+            "or pass --insecure to accept that anyone who can reach the port can use the platform"
         )
     if not is_loopback(host) and (tls is None or not tls.server.mutual):
         print(

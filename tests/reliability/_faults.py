@@ -132,6 +132,10 @@ class ServerProcess:
             str(self.state),
             "--operators-dir",
             str(self._operators_dir),
+            # Plain processes: the tests signal operators by the pid they report, and a
+            # sandboxed operator only knows its pid inside its own PID namespace.
+            "--runner",
+            "process",
         ]
         with log:
             self.process = subprocess.Popen(

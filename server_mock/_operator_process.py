@@ -1,0 +1,181 @@
+"""A launched operator's processes: waiting for them, stopping them, leaving none behind.
+
+Two kinds, one interface (:class:`OperatorProcess`):
+
+* a plain process (the process runner) starts a new session, so it leads its own process
+  group. Stopping it signals the whole group (``killpg``), and when its main process ends,
+  whatever is left of its group and session is killed. A process that detaches with
+  ``setsid`` leaves both and cannot be found again: only the sandbox catches it.
+* a sandboxed process is bwrap (possibly under a keeper ``sh``). Its PID namespace ends with
+  its first process, so nothing is left to clean up. Stopping it gracefully signals every
+  process inside the namespace (found through ``/proc/<pid>/task/<tid>/children``); killing
+  it kills the namespace's PID 1, which takes everything inside with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import BinaryIO
+
+__all__ = ["OperatorProcess", "start_operator_process"]
+
+# A sandboxed command killed by signal N makes bwrap exit with 128 + N, as a shell does.
+_SIGNAL_EXIT_BASE = 128
+
+
+class OperatorProcess:
+    """One launched operator and the processes it starts.
+
+    Args:
+        process: The process the launcher started (the command itself, or bwrap).
+        sandboxed: Whether ``process`` runs the command in a bwrap sandbox.
+    """
+
+    def __init__(self, process: asyncio.subprocess.Process, *, sandboxed: bool) -> None:
+        self.process = process
+        self.sandboxed = sandboxed
+
+    @property
+    def pid(self) -> int:
+        """The launched process's id (on the host)."""
+        return self.process.pid
+
+    async def wait(self) -> int:
+        """Wait for the main process; return its exit code, negative for a signal.
+
+        For a sandbox, bwrap's ``128 + N`` for a command killed by signal N is reported as
+        ``-N``, like a plain process's.
+        """
+        code = await self.process.wait()
+        if self.sandboxed and _SIGNAL_EXIT_BASE < code <= _SIGNAL_EXIT_BASE + 64:
+            return _SIGNAL_EXIT_BASE - code
+        return code
+
+    def terminate(self) -> None:
+        """Ask every process of the operator to end (SIGTERM)."""
+        if not self.sandboxed:
+            _signal_group(self.pid, signal.SIGTERM)
+            return
+        init = _namespace_init(self.pid)
+        inside = [] if init is None else list(_descendants(init))
+        if not inside:  # not started yet, or already gone: nothing can take a signal nicely
+            self.kill()
+            return
+        for pid in inside:
+            _signal_pid(pid, signal.SIGTERM)
+
+    def kill(self) -> None:
+        """Kill every process of the operator (SIGKILL)."""
+        if not self.sandboxed:
+            _signal_group(self.pid, signal.SIGKILL)
+            _kill_session(self.pid)
+            return
+        init = _namespace_init(self.pid)
+        if init is not None:
+            _signal_pid(init, signal.SIGKILL)  # ends the PID namespace and all inside it
+        _signal_pid(self.pid, signal.SIGKILL)
+
+    def end_leftovers(self) -> None:
+        """After the main process ended: kill what is left of its group and session."""
+        if not self.sandboxed:
+            _signal_group(self.pid, signal.SIGKILL)
+            _kill_session(self.pid)
+
+
+async def start_operator_process(
+    argv: Sequence[str], *, cwd: Path, env: dict[str, str], log: BinaryIO, sandboxed: bool
+) -> OperatorProcess:
+    """Start an operator with its output going to ``log``.
+
+    Raises:
+        OSError: The program could not be started.
+    """
+    process = await asyncio.create_subprocess_exec(
+        *argv,
+        cwd=cwd,
+        env=env,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=log,
+        stderr=asyncio.subprocess.STDOUT,
+        start_new_session=True,  # its own group and session: a signal to the mock spares it
+    )
+    return OperatorProcess(process, sandboxed=sandboxed)
+
+
+def _signal_pid(pid: int, signum: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, signum)
+
+
+def _signal_group(pgid: int, signum: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signum)
+
+
+def _kill_session(sid: int) -> None:
+    """SIGKILL every process of session ``sid`` (members that moved to another group)."""
+    for pid in _session_members(sid):
+        _signal_pid(pid, signal.SIGKILL)
+
+
+def _session_members(sid: int) -> list[int]:
+    members = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as stat:
+                fields = stat.read().rsplit(b")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        # After the command's name: state, ppid, pgrp, session, ...
+        if len(fields) > 3 and int(fields[3]) == sid:
+            members.append(int(entry.name))
+    return members
+
+
+def _children(pid: int) -> list[int]:
+    children: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return children
+    for task in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{task}/children", encoding="ascii") as listing:
+                children += [int(child) for child in listing.read().split()]
+        except OSError:
+            continue
+    return children
+
+
+def _descendants(pid: int) -> Iterator[int]:
+    pending = _children(pid)
+    while pending:
+        child = pending.pop()
+        yield child
+        pending += _children(child)
+
+
+def _pid_namespace(pid: int) -> str | None:
+    try:
+        return os.readlink(f"/proc/{pid}/ns/pid")
+    except OSError:
+        return None
+
+
+def _namespace_init(pid: int) -> int | None:
+    """The first process below ``pid`` in another PID namespace: the sandbox's PID 1."""
+    own = _pid_namespace(pid)
+    if own is None:
+        return None
+    for child in _descendants(pid):
+        namespace = _pid_namespace(child)
+        if namespace is not None and namespace != own:
+            return child
+    return None
