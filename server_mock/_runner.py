@@ -415,7 +415,9 @@ class LocalProcessLauncher:
         tls_files = [
             Path(self._extra_env[name]) for name in _TLS_FILE_VARIABLES if name in self._extra_env
         ]
-        shown = [(layout.logs_dir, True)]
+        # The job's log folder and the operator's publishing folder, at their own paths, as
+        # NVIDIA_CLARA_LOGS and NVIDIA_CLARA_PUBLISHING give them.
+        shown = [(layout.logs_dir, True), (layout.publishing_dir(operator.name), True)]
         if not from_definition and rootfs is None:
             # The operator map is the mock operator's own: show the folders its programs are in.
             programs = command[:2] if command[0] == sys.executable else command[:1]
