@@ -49,10 +49,10 @@ import yaml
 
 from clara import contract
 from server_mock._command_policy import check_definition_command, check_definition_variables
+from server_mock._definition import OperatorSpec, PipelineDefinition, expand_command
 from server_mock._jobs import Job, Stage, StageState
 from server_mock._operator_env import operator_environment
 from server_mock._operator_process import OperatorProcess, start_operator_process
-from server_mock._pipeline_definition import OperatorSpec, PipelineDefinition
 from server_mock._resources import (
     ResourceAllocator,
     ResourceLimits,
@@ -195,6 +195,12 @@ class _LaunchPlan:
     limits: ResourceLimits
     gpus: list[str]
     rootfs: Path | None
+    command_words: int  # the last words of argv: the operator's own command
+
+    def argv_for(self, env: Mapping[str, str]) -> list[str]:
+        """``argv`` with the ``$(VAR)`` references of the operator's command expanded."""
+        split = len(self.argv) - self.command_words
+        return [*self.argv[:split], *expand_command(self.argv[split:], env)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -353,11 +359,12 @@ class LocalProcessLauncher:
         for operator in definition.operators:
             plan = plans[operator.name]
             env = self._wrap_environment(self.environment_for(job, operator, layout), plan)
+            argv = plan.argv_for(env)
             log_path = layout.log_path(operator.name)
             log_offset = log_path.stat().st_size if log_path.exists() else 0
             with log_path.open("ab") as log:
                 process = await start_operator_process(
-                    plan.argv,
+                    argv,
                     cwd=self._command_dir,
                     env=env,
                     log=log,
@@ -369,7 +376,7 @@ class LocalProcessLauncher:
                 operator.name,
                 self.runner,
                 process.pid,
-                shlex.join(plan.argv),
+                shlex.join(argv),
             )
             task = asyncio.create_task(
                 self._supervise(
@@ -403,7 +410,7 @@ class LocalProcessLauncher:
                 ",".join(gpus) or "none",
             )
         if self.runner == "process":
-            return _LaunchPlan([*prefix, *command], limits, gpus, None)
+            return _LaunchPlan([*prefix, *command], limits, gpus, None, len(command))
         stage = job.stage(operator.name).spec
         mounts = [
             StageMount(Path(ref.path), declared.path, writable=False)
@@ -440,7 +447,7 @@ class LocalProcessLauncher:
             )
         except ValueError as error:
             raise ValueError(f"operator {operator.name!r}: {error}") from None
-        return _LaunchPlan([*prefix, *sandboxed], limits, gpus, rootfs)
+        return _LaunchPlan([*prefix, *sandboxed], limits, gpus, rootfs, len(command))
 
     def _wrap_environment(self, env: dict[str, str], plan: _LaunchPlan) -> dict[str, str]:
         """Adjust the operator's environment to where it runs (sandbox, image, GPUs)."""
