@@ -18,10 +18,14 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Protocol
 
+from server_mock._definition import (
+    PipelineDefinition,
+    PipelineDefinitionError,
+    resolve_template,
+)
 from server_mock._errors import ApiError, ErrorCode
 from server_mock._jobs import Job, JobState, JobStore, StageState, UnknownJobError
 from server_mock._payloads import PayloadRecord, PayloadStore, PayloadType, copy_files
-from server_mock._pipeline_definition import PipelineDefinition
 from server_mock._pipelines import PipelineStore
 from server_mock._workspace import JobLayout, build_job
 
@@ -176,8 +180,11 @@ class PlatformState:
     async def start_job(self, job_id: uuid.UUID, variables: Mapping[str, str] | None = None) -> Job:
         """Copy the job's input payloads into its input folder, then launch it.
 
-        ``variables`` are added to every operator's variables (overriding the definition's);
-        the mock does not expand template placeholders in the definition.
+        ``variables`` are the job's named values: for a definition that declares template
+        ``parameters`` they fill its ``${{ name }}`` placeholders (the Template page); for one
+        that declares none they are added to every operator's variables (overriding the
+        definition's), as before. A definition the mock cannot run (shared-memory inputs or
+        outputs, imported services) is refused here, naming the operator and the field.
 
         Raises:
             ApiError: Unknown job; the job is not in the created state (or is being started);
@@ -209,9 +216,8 @@ class PlatformState:
                     ErrorCode.JOB_NOT_STARTABLE,
                     f"job {job_id.hex} was {job.state.value} while its inputs were copied",
                 )
-            definition = record.definition
+            definition = _definition_for_start(job, record, variables or {})
             if variables:
-                definition = _with_variables(job, definition, variables)
                 record.variables = dict(variables)
             try:
                 await self.launcher.start(job, definition, record.layout)
@@ -302,6 +308,54 @@ def _copy_or_undo(plan: list[tuple[Path, Path]]) -> None:
             with contextlib.suppress(OSError):
                 path.unlink()
         raise
+
+
+def _definition_for_start(
+    job: Job, record: JobRecord, variables: Mapping[str, str]
+) -> PipelineDefinition:
+    """The definition the job runs: template arguments resolved, and one the mock can run.
+
+    Raises:
+        ApiError: An argument or placeholder is wrong, the arguments change the pipeline's
+            operators or their inputs and outputs (the job's stages were laid out at
+            creation), or the definition needs what the mock does not serve.
+    """
+    definition = record.definition
+    if definition.parameters:
+        try:
+            resolved = resolve_template(record.definition_text, variables)
+        except PipelineDefinitionError as error:
+            raise ApiError(ErrorCode.INVALID_JOB_REQUEST, f"variables: {error}") from error
+        if _shape(resolved) != _shape(definition):
+            raise ApiError(
+                ErrorCode.INVALID_JOB_REQUEST,
+                "variables: the template arguments change the pipeline's operators, inputs or "
+                "outputs; the mock lays a job's stages out when the job is created, so only "
+                "values within an operator (image, command, variables, ...) may depend on them",
+            )
+        for stage in job.stages.values():
+            stage.spec = dataclasses.replace(
+                stage.spec,
+                variables=MappingProxyType(dict(resolved.operator(stage.spec.name).variables)),
+            )
+        definition = resolved
+    elif variables:
+        definition = _with_variables(job, definition, variables)
+    problems = definition.unsupported_for_start()
+    if problems:
+        raise ApiError(ErrorCode.JOB_LAUNCH_FAILED, "; ".join(problems))
+    return definition
+
+
+def _shape(definition: PipelineDefinition) -> list[tuple[str, list[str], list[str]]]:
+    return [
+        (
+            op.name.lower(),
+            [f"{i.from_operator}:{i.from_output}:{i.path}" for i in op.inputs],
+            [f"{o.name}:{o.path}" for o in op.outputs],
+        )
+        for op in definition.operators
+    ]
 
 
 def _with_variables(
