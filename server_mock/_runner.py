@@ -312,11 +312,12 @@ class LocalProcessLauncher:
                 f"{container.image}:{container.tag}; give the container a `command` or map the "
                 "image in an operator map"
             )
-        if command[0] in _PYTHON_NAMES and self._rootfs_of(operator) is None:
+        if command[0] in _PYTHON_NAMES and self.image_root_of(operator) is None:
             command = [sys.executable, *command[1:]]
         return command, from_definition
 
-    def _rootfs_of(self, operator: OperatorSpec) -> Path | None:
+    def image_root_of(self, operator: OperatorSpec) -> Path | None:
+        """The unpacked image root ``operator`` runs in (``--operator-rootfs``), if any."""
         container = operator.container
         rootfs = self._sandbox.rootfs
         return rootfs.get(f"{container.image}:{container.tag}") or rootfs.get(container.image)
@@ -390,7 +391,7 @@ class LocalProcessLauncher:
     def _plan(self, job: Job, operator: OperatorSpec, layout: JobLayout) -> _LaunchPlan:
         """Settle the operator's argv and limits; refuse what cannot run, before any start."""
         command, from_definition = self._command(operator)
-        rootfs = self._rootfs_of(operator)
+        rootfs = self.image_root_of(operator)
         if self.runner == "process" and not self._allow_definition_commands:
             if from_definition:
                 check_definition_command(

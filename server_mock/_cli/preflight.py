@@ -53,18 +53,27 @@ def check_operator_commands(
         except ValueError as error:
             raise UsageError(str(error)) from None
         where = f"(command: {shlex.join(command)}, run in {command_dir})"
+        root = launcher.image_root_of(operator)
+        if root is not None:
+            where = f"(command: {shlex.join(command)}, in the image root {root})"
+
+        def located(name: str, root: Path | None = root) -> Path:
+            if not Path(name).is_absolute():
+                return command_dir / name
+            return Path(name) if root is None else root / Path(name).relative_to("/")
+
         program = command[0]
         if os.sep in program:
-            path = Path(program) if Path(program).is_absolute() else command_dir / program
+            path = located(program)
             if not path.is_file():
                 raise UsageError(f"operator {operator.name!r}: no program {path} {where}")
             if not os.access(path, os.X_OK):
                 raise UsageError(f"operator {operator.name!r}: {path} is not executable {where}")
-        elif shutil.which(program) is None:
+        elif root is None and shutil.which(program) is None:
             raise UsageError(f"operator {operator.name!r}: no program {program!r} on PATH {where}")
         script = _python_script(command)
         if script is not None:
-            path = Path(script) if Path(script).is_absolute() else command_dir / script
+            path = located(script)
             if not path.is_file():
                 raise UsageError(f"operator {operator.name!r}: no script {path} {where}")
 

@@ -13,9 +13,6 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from server_mock._runner import choose_runner
-from server_mock._sandbox import SandboxSettings, SandboxUnavailableError
-
 __all__ = ["RunnerUsageError", "add_runner_flags", "runner_options"]
 
 _STATE_SUFFIXES = ("", "-wal", "-shm", "-journal", ".workspace")
@@ -71,6 +68,11 @@ def runner_options(args: argparse.Namespace) -> dict[str, Any]:
         RunnerUsageError: ``--runner sandbox`` (or ``--operator-rootfs``) where bwrap does
             not work, or ``--operator-rootfs`` with ``--runner process``.
     """
+    # Imported here: the parser (and `clara-mock --help`, and the client commands) must work
+    # where the mock's extra is missing, and the runner needs it.
+    from server_mock._runner import choose_runner  # noqa: PLC0415
+    from server_mock._sandbox import SandboxSettings, SandboxUnavailableError  # noqa: PLC0415
+
     state: Path | None = getattr(args, "state", None)
     hidden = [Path(f"{state}{suffix}") for suffix in _STATE_SUFFIXES] if state else []
     if args.workspace is not None:

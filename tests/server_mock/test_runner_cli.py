@@ -99,9 +99,10 @@ def test_the_process_runner_runs_a_definitions_own_code_only_when_allowed(
     pipeline = write_job(tmp_path, command="[python, -c, \"exec(open('op.py').read())\"]")
     refused = clara_mock(tmp_path, *run_args(tmp_path, pipeline, "--runner", "process"))
     assert refused.returncode == 1
-    assert "Jobs.Start" in refused.stderr
+    assert "could not launch job" in refused.stderr
     assert "does not run the definition's command" in refused.stderr
-    assert not (tmp_path / "out").exists()
+    # Nothing ran: `run` keeps only its own log of the refusal.
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["run.log"]
     flags = ("--runner", "process", "--allow-definition-commands")
     allowed = clara_mock(tmp_path, *run_args(tmp_path, pipeline, *flags))
     assert allowed.returncode == 0, allowed.stderr

@@ -219,6 +219,11 @@ def _start_run(tmp_path: Path, stages: list[tuple[str, str]]) -> subprocess.Pope
             "--output",
             str(tmp_path / "out"),
             "--stream-logs",
+            # The operators write their pids to the test's folder, and the test checks those
+            # host pids: plain processes (the sandbox's own no-orphan tests are in
+            # tests/security/test_sandbox.py).
+            "--runner",
+            "process",
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
