@@ -39,10 +39,10 @@ def test_run_executes_the_example_end_to_end(tmp_path: Path) -> None:
         assert f"] {stage}: succeeded" in text  # live progress
         assert any(line.startswith(stage) and " succeeded " in line for line in text.splitlines())
     assert "job volume-segmentation" in text and text.rstrip().endswith(f"written to {output}")
-    report = json.loads((output / "report" / "output" / "report.json").read_text())
+    report = json.loads((output / "report" / "report.json").read_text())
     classes = sorted(c["class"] for c in report["components"])
     assert classes == ["lesion candidate", "organ", "organ"]
-    assert (output / "report" / "output" / "report.md").read_text().startswith("# ")
+    assert (output / "report" / "report.md").read_text().startswith("# ")
 
 
 def test_run_exits_non_zero_when_the_job_fails(tmp_path: Path) -> None:
