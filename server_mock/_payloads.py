@@ -287,10 +287,17 @@ class PayloadStore:
         return record
 
     def set_metadata(self, record: PayloadRecord, metadata: dict[str, str]) -> None:
-        """Replace a payload's metadata and save it before the caller acknowledges."""
-        record.metadata = metadata
+        """Replace a payload's metadata and save it before the caller acknowledges.
+
+        If saving fails, the old metadata is put back and the error propagates.
+        """
+        before, record.metadata = record.metadata, metadata
         if self.on_saved is not None:
-            self.on_saved(record)
+            try:
+                self.on_saved(record)
+            except BaseException:
+                record.metadata = before
+                raise
 
     def get(self, payload_id: uuid.UUID) -> PayloadRecord:
         """Return the payload with this id.

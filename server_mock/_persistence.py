@@ -3,10 +3,10 @@
 With a state file the platform survives a restart; without one (the default) it keeps its
 state in memory only.
 
-What is saved: pipelines (definition text, metadata as of create/update), payload records
-(their files already live in the workspace), jobs with their job records, and every stage's
-state, message, report id and ``reports_applied``. Not saved: drivers' progress events, and
-metadata edits made after creation (``AddMetadata``/``RemoveMetadata``).
+What is saved: pipelines (definition text, metadata), payload records (their files already
+live in the workspace), jobs with their job records, every stage's state, message, report id
+and ``reports_applied``, and the model repository's records (models, catalogs, instances; the
+models' files live in the workspace too). Not saved: drivers' progress events.
 
 Writes happen on the platform's event-loop thread, synchronously, from the stores' hooks
 (:attr:`Job.on_change <server_mock._jobs.Job.on_change>`, ``PipelineStore.on_saved`` ...),
@@ -15,7 +15,7 @@ answered; :meth:`StateStore.transaction` groups the writes of one request (a job
 payload and its record). The database runs in WAL mode with ``synchronous=FULL``: a crash at
 any point loses nothing that was acknowledged, and never leaves half a change.
 
-Schema (version 1)::
+Schema (version 2)::
 
     meta(key PRIMARY KEY, value)
     pipelines(pipeline_id PRIMARY KEY, path, text, metadata, created_at, updated_at)
@@ -25,10 +25,16 @@ Schema (version 1)::
     stages(job_id, name, position, spec, state, message, report_id, reports_applied,
            cancel_reason, ready_at, ended_at, PRIMARY KEY (job_id, name))
     stage_tokens(job_id, stage, token, PRIMARY KEY (job_id, stage))
+    models(model_id PRIMARY KEY, name, type, metadata, size, created_at)
+    model_catalogs(catalog_id PRIMARY KEY, kind, model_ids, created_at)
 
-Ids are hex UUIDs; ``metadata``, ``record`` and ``spec`` are JSON. The stage tokens are kept
-so that operators launched before a restart can still call the stage API afterwards; the
-file is therefore created readable by its owner only (0600).
+Version 1 (before the model repository) lacked the last two tables: a version 1 file is
+migrated on open (the tables are added, nothing else changes); a file of any other version is
+refused with a message naming both versions, and left untouched.
+
+Ids are hex UUIDs; ``metadata``, ``record``, ``spec`` and ``model_ids`` are JSON. The stage
+tokens are kept so that operators launched before a restart can still call the stage API
+afterwards; the file is therefore created readable by its owner only (0600).
 """
 
 from __future__ import annotations
@@ -46,6 +52,7 @@ from types import MappingProxyType
 from typing import Any
 
 from server_mock._definition import parse_pipeline_definition
+from server_mock._errors import StorageError
 from server_mock._jobs import (
     CancelReason,
     InputRef,
@@ -55,6 +62,7 @@ from server_mock._jobs import (
     StageSpec,
     StageState,
 )
+from server_mock._models import CatalogKind, CatalogRecord, ModelRecord, ModelType
 from server_mock._payloads import PayloadRecord, PayloadType
 from server_mock._pipelines import PipelineRecord
 from server_mock._platform_state import JobRecord, PlatformState
@@ -64,10 +72,11 @@ __all__ = ["SCHEMA_VERSION", "StateStore", "StateStoreError", "default_workspace
 
 _log = logging.getLogger("server_mock.persistence")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+_MIGRATES_FROM = "1"  # version 1 lacks the model tables only
 
+_META = "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS pipelines (
     pipeline_id TEXT PRIMARY KEY,
     path TEXT NOT NULL,
@@ -114,6 +123,20 @@ CREATE TABLE IF NOT EXISTS stage_tokens (
     token TEXT NOT NULL,
     PRIMARY KEY (job_id, stage)
 );
+CREATE TABLE IF NOT EXISTS models (
+    model_id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    type TEXT NOT NULL,
+    metadata TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS model_catalogs (
+    catalog_id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    model_ids TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
 """
 
 
@@ -144,24 +167,43 @@ class StateStore:
         try:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(_SCHEMA)  # idempotent; executescript commits by itself
+            self._db.execute(_META)  # the same in every version
             with self.transaction():
-                row = self._db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
-                if row is None:
-                    self._db.execute(
-                        "INSERT INTO meta (key, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),)
-                    )
-                elif row[0] != str(SCHEMA_VERSION):
-                    raise StateStoreError(
-                        f"state file {path} has schema version {row[0]}; this mock reads "
-                        f"version {SCHEMA_VERSION}"
-                    )
-        except sqlite3.DatabaseError as error:
+                self._open_schema()
+        except (sqlite3.DatabaseError, StorageError) as error:
             self._db.close()
             raise StateStoreError(f"state file {path}: {error}") from error
         except BaseException:
             self._db.close()
             raise
+
+    def _open_schema(self) -> None:
+        """Create the tables of a new file, migrate a version 1 file, refuse any other."""
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+        version = None if row is None else str(row[0])
+        if version not in (None, _MIGRATES_FROM, str(SCHEMA_VERSION)):
+            raise StateStoreError(
+                f"state file {self.path} has schema version {version}; this mock reads version "
+                f"{SCHEMA_VERSION} (and migrates version {_MIGRATES_FROM}): use the mock that "
+                "wrote it, or another --state file"
+            )
+        for statement in _SCHEMA.split(";"):
+            if statement.strip():
+                self._db.execute(statement)  # IF NOT EXISTS: idempotent
+        if version is None:
+            self._db.execute(
+                "INSERT INTO meta (key, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),)
+            )
+        elif version == _MIGRATES_FROM:
+            self._db.execute(
+                "UPDATE meta SET value = ? WHERE key = 'schema'", (str(SCHEMA_VERSION),)
+            )
+            _log.info(
+                "state %s: migrated from schema version %s to %s (added the model tables)",
+                self.path,
+                version,
+                SCHEMA_VERSION,
+            )
 
     def close(self) -> None:
         """Close the database (everything is committed already)."""
@@ -172,20 +214,39 @@ class StateStore:
         """Group writes into one transaction; nested uses join the outermost one.
 
         The outermost block commits on success and rolls back when it raises.
+
+        Raises:
+            StorageError: The database refused a write (locked by another process, disk
+                full, ...); the transaction was rolled back.
         """
         if self._depth == 0:
-            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as error:
+                raise StorageError(f"state file {self.path}: {error}") from error
         self._depth += 1
         try:
             yield
-        except BaseException:
+        except BaseException as error:
             self._depth -= 1
             if self._depth == 0:
-                self._db.execute("ROLLBACK")
+                self._rollback()
+            if isinstance(error, sqlite3.Error):
+                raise StorageError(f"state file {self.path}: {error}") from error
             raise
         self._depth -= 1
         if self._depth == 0:
-            self._db.execute("COMMIT")
+            try:
+                self._db.execute("COMMIT")
+            except sqlite3.Error as error:
+                self._rollback()
+                raise StorageError(f"state file {self.path}: {error}") from error
+
+    def _rollback(self) -> None:
+        try:
+            self._db.execute("ROLLBACK")
+        except sqlite3.Error as error:  # e.g. SQLite already rolled back after a failed COMMIT
+            _log.warning("state file %s: rollback: %s", self.path, error)
 
     # -- writes -----------------------------------------------------------------------------
 
@@ -265,6 +326,44 @@ class StateStore:
                 ],
             )
 
+    def save_model(self, record: ModelRecord) -> None:
+        """Insert or replace a model's record (its files live in the workspace)."""
+        with self.transaction():
+            self._db.execute(
+                "INSERT OR REPLACE INTO models VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    record.model_id.hex,
+                    record.name,
+                    record.type.value,
+                    json.dumps(record.metadata),
+                    record.size,
+                    record.created_at,
+                ),
+            )
+
+    def delete_model(self, model_id: uuid.UUID) -> None:
+        """Forget a model's record."""
+        with self.transaction():
+            self._db.execute("DELETE FROM models WHERE model_id = ?", (model_id.hex,))
+
+    def save_catalog(self, record: CatalogRecord) -> None:
+        """Insert or replace a catalog or instance."""
+        with self.transaction():
+            self._db.execute(
+                "INSERT OR REPLACE INTO model_catalogs VALUES (?, ?, ?, ?)",
+                (
+                    record.catalog_id.hex,
+                    record.kind.value,
+                    json.dumps([m.hex for m in record.model_ids]),
+                    record.created_at,
+                ),
+            )
+
+    def delete_catalog(self, catalog_id: uuid.UUID) -> None:
+        """Forget a catalog or instance."""
+        with self.transaction():
+            self._db.execute("DELETE FROM model_catalogs WHERE catalog_id = ?", (catalog_id.hex,))
+
     def save_stage_token(self, job_id: uuid.UUID, stage: str, token: str) -> None:
         """Keep a stage's token (it stays valid after a restart)."""
         with self.transaction():
@@ -314,13 +413,40 @@ class StateStore:
             state.jobs.add(job)
             if row[8] is not None:
                 state.job_records[job.job_id] = _record_from_json(job.job_id, json.loads(row[8]))
+        self._load_models(state)
         _log.info(
-            "state %s: loaded %d pipeline(s), %d payload(s), %d job(s)",
+            "state %s: loaded %d pipeline(s), %d payload(s), %d job(s), %d model(s)",
             self.path,
             len(state.pipelines.all()),
             len(state.payloads.all()),
             len(state.jobs.all()),
+            len(state.models.all()),
         )
+
+    def _load_models(self, state: PlatformState) -> None:
+        for row in self._db.execute("SELECT * FROM models ORDER BY created_at"):
+            model_id, name, model_type, metadata, size, created_at = row
+            state.models.restore_model(
+                ModelRecord(
+                    model_id=uuid.UUID(model_id),
+                    name=name,
+                    type=ModelType(model_type),
+                    root=state.models.root / model_id,
+                    metadata=json.loads(metadata),
+                    size=size,
+                    created_at=created_at,
+                )
+            )
+        for row in self._db.execute("SELECT * FROM model_catalogs ORDER BY created_at"):
+            catalog_id, kind, model_ids, created_at = row
+            state.models.restore_catalog(
+                CatalogRecord(
+                    catalog_id=uuid.UUID(catalog_id),
+                    kind=CatalogKind(kind),
+                    model_ids=tuple(uuid.UUID(m) for m in json.loads(model_ids)),
+                    created_at=created_at,
+                )
+            )
 
     def attach(self, state: PlatformState) -> None:
         """Save every later change of ``state`` (sets the stores' hooks)."""
@@ -335,6 +461,10 @@ class StateStore:
         state.jobs.on_change = save_job
         for job in state.jobs.all():
             job.on_change = save_job
+        state.models.on_model_saved = self.save_model
+        state.models.on_model_removed = self.delete_model
+        state.models.on_catalog_saved = self.save_catalog
+        state.models.on_catalog_removed = self.delete_catalog
         state.transaction = self.transaction
 
     @staticmethod
@@ -345,6 +475,8 @@ class StateStore:
         state.jobs.on_change = None
         for job in state.jobs.all():
             job.on_change = None
+        state.models.on_model_saved = state.models.on_model_removed = None
+        state.models.on_catalog_saved = state.models.on_catalog_removed = None
         state.transaction = contextlib.nullcontext
 
 

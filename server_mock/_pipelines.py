@@ -57,7 +57,7 @@ def _parse(text: str) -> PipelineDefinition:
         return parse_pipeline_definition(text)
     except PipelineDefinitionError as error:
         raise ApiError(
-            ErrorCode.INVALID_DEFINITION, f"invalid pipeline definition: {error}"
+            ErrorCode.PIPELINE_LOAD_ERROR, f"invalid pipeline definition: {error}"
         ) from error
 
 
@@ -89,8 +89,8 @@ class PipelineStore:
         """Parse ``text`` and register it as a new pipeline.
 
         Raises:
-            ApiError: The definition is invalid (``INVALID_DEFINITION``; nothing is stored) or
-                ``pipeline_id`` is taken (``PIPELINE_EXISTS``).
+            ApiError: The definition is invalid (``PIPELINE_LOAD_ERROR``; nothing is stored)
+                or ``pipeline_id`` is taken (``PIPELINE_EXISTS``).
         """
         if pipeline_id is not None and pipeline_id in self._pipelines:
             raise ApiError(ErrorCode.PIPELINE_EXISTS, f"pipeline {pipeline_id.hex} already exists")
@@ -129,10 +129,17 @@ class PipelineStore:
         return list(self._pipelines.values())
 
     def set_metadata(self, record: PipelineRecord, metadata: dict[str, str]) -> None:
-        """Replace a pipeline's metadata and save it before the caller acknowledges."""
-        record.metadata = metadata
+        """Replace a pipeline's metadata and save it before the caller acknowledges.
+
+        If saving fails, the old metadata is put back and the error propagates.
+        """
+        before, record.metadata = record.metadata, metadata
         if self.on_saved is not None:
-            self.on_saved(record)
+            try:
+                self.on_saved(record)
+            except BaseException:
+                record.metadata = before
+                raise
 
     def update(self, pipeline_id: uuid.UUID, text: str, path: str = "") -> PipelineRecord:
         """Replace a pipeline's definition (jobs already created keep theirs).

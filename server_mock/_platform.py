@@ -199,6 +199,7 @@ class MockPlatform:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._server: grpc.aio.Server | None = None
+        self._stopping: asyncio.Event | None = None
         self._temp_workspace: tempfile.TemporaryDirectory[str] | None = None
         self._state_path = state_path
         self._state_store: StateStore | None = None
@@ -268,8 +269,9 @@ class MockPlatform:
         server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[RequestGuard()])
         tokens = self.stage_tokens if self.require_stage_tokens else None
         stage_grpc.add_StageServiceServicer_to_server(StageService(self.jobs, tokens), server)
+        self._stopping = asyncio.Event()
         platform_services = add_platform_api_to_server(
-            server, self.state, max_upload_bytes=self._max_upload_bytes
+            server, self.state, max_upload_bytes=self._max_upload_bytes, stopping=self._stopping
         )
         health_servicer = HealthService()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -308,6 +310,8 @@ class MockPlatform:
         if self._server is not None:
             server = self._server
             self._server = None
+            if self._stopping is not None:
+                self.call(self._stopping.set)  # watch streams end now, not after the grace
             self.call_async(lambda: server.stop(grace), timeout=grace + 10)
         self._close_state()
         self._shutdown_loop()

@@ -25,6 +25,7 @@ from server_mock._definition import (
 )
 from server_mock._errors import ApiError, ErrorCode
 from server_mock._jobs import Job, JobState, JobStore, StageState, UnknownJobError
+from server_mock._models import ModelRepository
 from server_mock._payloads import PayloadRecord, PayloadStore, PayloadType, copy_files
 from server_mock._pipelines import PipelineStore
 from server_mock._workspace import JobLayout, build_job
@@ -92,6 +93,8 @@ class PlatformState:
         jobs: Every job and its stages.
         pipelines: The registered pipelines.
         payloads: The payloads, in ``workspace / "payloads"``.
+        models: The model repository, in ``workspace / "models"``; the platform resolves an
+            operator's ``models:`` with :meth:`ModelRepository.find` (name -> folder).
         job_records: The platform API's records of the jobs it created, by job id.
         transaction: Groups the persistence writes of one request into one transaction (a
             no-op without a state file; see :mod:`server_mock._persistence`).
@@ -102,11 +105,13 @@ class PlatformState:
     jobs: JobStore = field(default_factory=JobStore)
     pipelines: PipelineStore = field(default_factory=PipelineStore)
     payloads: PayloadStore = field(init=False)
+    models: ModelRepository = field(init=False)
     job_records: dict[uuid.UUID, JobRecord] = field(default_factory=dict)
     transaction: Callable[[], contextlib.AbstractContextManager[None]] = contextlib.nullcontext
 
     def __post_init__(self) -> None:
         self.payloads = PayloadStore(self.workspace / "payloads")
+        self.models = ModelRepository(self.workspace / "models")
 
     # -- jobs of the platform API -----------------------------------------------------------
 
@@ -246,9 +251,13 @@ class PlatformState:
                 ErrorCode.INVALID_JOB_REQUEST,
                 f"job {job.job_id.hex} was not created through the Jobs API: it has no metadata",
             )
-        record.metadata = metadata
+        before, record.metadata = record.metadata, metadata
         if job.on_change is not None:
-            job.on_change(job)
+            try:
+                job.on_change(job)
+            except BaseException:
+                record.metadata = before
+                raise
 
     def payload_job(self, payload: PayloadRecord) -> Job | None:
         """The job owning a pipeline payload, if it is known."""

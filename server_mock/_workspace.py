@@ -2,22 +2,24 @@
 
 A job's payload folder (its "job payload") holds::
 
-    input/                          the job's input payloads, copied in
-    operators/<operator>/<output>/  each operator's outputs
-    logs/<operator>.log             each operator process's stdout and stderr
-    publish/<operator>/             what each operator publishes (NVIDIA_CLARA_PUBLISHING)
+    input/                         the job's input payloads, copied in
+    operators/<operator>/          an operator's unnamed output
+    operators/<operator>/<name>/   an operator's output called <name>
+    logs/<operator>.log            each operator process's stdout and stderr
+    publish/<operator>/            what each operator publishes (NVIDIA_CLARA_PUBLISHING)
 
-An input without ``from`` reads ``input/``; an input ``from: op`` reads
-``operators/op/<folder of the output it reads>``: the one its ``name`` names, else op's only
-(or unnamed) output. Output folders are named after the last
-component of the output's container ``path`` (``/output`` -> ``output``), so the layout
-matches what the pipeline definition says and stays unique per operator.
+An input without ``from`` reads ``input/``; an input ``from: op`` reads op's unnamed output
+``operators/op/``, and with ``name: out`` op's output ``operators/op/out/``. The Clara docs do
+not say how a job payload is laid out beyond ``operators/<operator>/``; this is the layout of
+NVIDIA's own local emulator of the platform (the Clara pipeline operator sizing tool mounts
+``<operator>/`` for an unnamed output and ``<operator>/<name>/`` for a named one). See
+docs/platform-api.md.
 """
 
 from __future__ import annotations
 
 import uuid
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from types import MappingProxyType
 
 from server_mock._definition import OperatorSpec, OutputSpec, PipelineDefinition
@@ -51,8 +53,9 @@ class JobLayout:
         return self.root / "operators" / operator
 
     def output_dir(self, operator: str, output: OutputSpec) -> Path:
-        """The folder ``operator`` writes ``output`` to."""
-        return self.operator_dir(operator) / _folder_name(output)
+        """The folder ``operator`` writes ``output`` to (its name's sub-folder, if named)."""
+        folder = self.operator_dir(operator)
+        return folder / output.name if output.name else folder
 
     def publishing_dir(self, operator: str) -> Path:
         """The folder ``operator`` publishes to (for Clara's Render Server, on a cluster)."""
@@ -66,11 +69,6 @@ class JobLayout:
             self.publishing_dir(operator.name).mkdir(parents=True, exist_ok=True)
             for output in operator.outputs:
                 self.output_dir(operator.name, output).mkdir(parents=True, exist_ok=True)
-
-
-def _folder_name(output: OutputSpec) -> str:
-    name = PurePosixPath(output.path).name
-    return name or output.name or "output"
 
 
 def stage_spec_for(

@@ -333,8 +333,9 @@ class PipelineRun:
         job: The job as the platform saw it at the end.
         status: The job as the public API's ``Jobs.Status`` reports it.
         logs: Each operator's log lines (its stdout and stderr), by operator name.
-        outputs: The folder the operators' outputs were downloaded to:
-            ``<operator>/<last component of the output's path>/...``, as in the payload.
+        outputs: The folder the operators' outputs were downloaded to, laid out as in the
+            job's payload: ``<operator>/`` for an unnamed output, ``<operator>/<name>/``
+            for an output called ``name``.
         exit_codes: Each operator process's exit code, by operator name.
     """
 
@@ -355,15 +356,15 @@ class PipelineRun:
         """Each stage's final state, by name."""
         return {name: stage.state for name, stage in self.job.stages.items()}
 
-    def output(self, operator: str, folder: str = "output") -> Path:
+    def output(self, operator: str, name: str | None = None) -> Path:
         """The downloaded output folder of ``operator``.
 
         Args:
             operator: The operator's name.
-            folder: The last component of the output's container ``path`` (``/output`` ->
-                ``output``, the default), as in the job's payload.
+            name: The output's name; ``None`` (the default) for the operator's unnamed output.
         """
-        return self.outputs / operator / folder
+        folder = self.outputs / operator
+        return folder / name if name else folder
 
     def log(self, operator: str) -> str:
         """``operator``'s log as one string."""

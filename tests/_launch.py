@@ -74,8 +74,10 @@ class Run:
     layout: JobLayout
     logs: dict[str, str]
 
-    def output(self, operator: str, folder: str = "output") -> Path:
-        return self.layout.root / "operators" / operator / folder
+    def output(self, operator: str, name: str | None = None) -> Path:
+        """The folder of ``operator``'s output ``name`` (``None``: its unnamed output)."""
+        folder = self.layout.root / "operators" / operator
+        return folder / name if name else folder
 
 
 class Platform:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Final
 
@@ -9,14 +10,29 @@ from server_mock._errors import ApiError, ErrorCode
 from server_mock._platform_api.responses import Context, ok, streaming_rpc, unary_rpc
 from server_mock._proto.nvidia.clara.platform import clara_pb2, clara_pb2_grpc, common_pb2
 
-__all__ = ["PLATFORM_VERSION", "ClaraService"]
+__all__ = ["PLATFORM_VERSION", "UTILIZATION_INTERVAL", "ClaraService"]
 
 PLATFORM_VERSION: Final = common_pb2.Version(major=0, minor=8, patch=1, label="mock")
 """What ``Clara.Version`` answers: the API generation the published 0.8.x clients expect."""
 
+UTILIZATION_INTERVAL: Final = 1.0
+"""Seconds between two samples of a watched ``Clara.Utilization`` stream."""
+
 
 class ClaraService(clara_pb2_grpc.ClaraServicer):
-    """``nvidia.clara.platform.Clara``: version, utilization; stop is refused."""
+    """``nvidia.clara.platform.Clara``: version, utilization; stop is refused.
+
+    Args:
+        stopping: Set when the server stops: watched utilization streams end then (without
+            it they end only when the caller cancels).
+        interval: Seconds between two samples of a watched stream.
+    """
+
+    def __init__(
+        self, stopping: asyncio.Event | None = None, interval: float = UTILIZATION_INTERVAL
+    ) -> None:
+        self._stopping = stopping or asyncio.Event()
+        self._interval = interval
 
     @unary_rpc(clara_pb2.ClaraStopResponse)
     async def Stop(
@@ -33,8 +49,19 @@ class ClaraService(clara_pb2_grpc.ClaraServicer):
     async def Utilization(
         self, request: clara_pb2.ClaraUtilizationRequest, context: Context
     ) -> AsyncIterator[clara_pb2.ClaraUtilizationResponse]:
-        """Send one sample without GPUs and end (also when ``watch`` is set)."""
+        """Send a sample now; with ``watch``, one more every interval until the caller cancels.
+
+        The mock manages no GPUs, so a sample lists none. A watched stream also ends (OK)
+        when the server stops.
+        """
         yield clara_pb2.ClaraUtilizationResponse(header=ok())
+        while request.watch:
+            try:
+                await asyncio.wait_for(self._stopping.wait(), self._interval)
+            except TimeoutError:
+                yield clara_pb2.ClaraUtilizationResponse(header=ok())
+            else:
+                return
 
     @unary_rpc(clara_pb2.ClaraVersionResponse)
     async def Version(

@@ -6,6 +6,7 @@ import logging
 import re
 import uuid
 from collections.abc import AsyncIterator
+from typing import ClassVar
 
 from server_mock._errors import ApiError, ErrorCode
 from server_mock._jobs import Job
@@ -128,6 +129,8 @@ def _log_message(job: Job, operator: str, lines: list[str]) -> jobs_pb2.JobsRead
 class JobsService(jobs_pb2_grpc.JobsServicer):
     """``nvidia.clara.platform.Jobs`` over :attr:`PlatformState.jobs` and its job records."""
 
+    store_error: ClassVar[ErrorCode] = ErrorCode.JOB_STORE_ERROR
+
     def __init__(self, state: PlatformState) -> None:
         self._state = state
 
@@ -152,7 +155,12 @@ class JobsService(jobs_pb2_grpc.JobsServicer):
             parse_identifier(i, "input payload id", ErrorCode.INVALID_PAYLOAD_ID)
             for i in request.input_payloads
         ]
-        metadata = edit_metadata({}, ErrorCode.INVALID_JOB_METADATA, add=request.metadata)
+        metadata = edit_metadata(
+            {},
+            ErrorCode.INVALID_JOB_METADATA,
+            f"the new job {request.name!r}",
+            add=request.metadata,
+        )
         record = self._state.create_job(
             pipeline_id, request.name, priority=wanted, input_payload_ids=inputs, metadata=metadata
         )
@@ -313,7 +321,9 @@ class JobsService(jobs_pb2_grpc.JobsServicer):
         """Merge key/value pairs into the job's metadata."""
         job, record = self._job(request.job_id)
         current = record.metadata if record is not None else {}
-        metadata = edit_metadata(current, ErrorCode.INVALID_JOB_METADATA, add=request.metadata)
+        metadata = edit_metadata(
+            current, ErrorCode.INVALID_JOB_METADATA, f"job {job.job_id.hex}", add=request.metadata
+        )
         self._state.set_job_metadata(job, metadata)
         return jobs_pb2.JobsAddMetadataResponse(
             header=ok(), job_id=identifier(job.job_id), metadata=metadata
@@ -326,7 +336,9 @@ class JobsService(jobs_pb2_grpc.JobsServicer):
         """Delete keys from the job's metadata (absent keys are ignored)."""
         job, record = self._job(request.job_id)
         current = record.metadata if record is not None else {}
-        metadata = edit_metadata(current, ErrorCode.INVALID_JOB_METADATA, remove=request.keys)
+        metadata = edit_metadata(
+            current, ErrorCode.INVALID_JOB_METADATA, f"job {job.job_id.hex}", remove=request.keys
+        )
         self._state.set_job_metadata(job, metadata)
         return jobs_pb2.JobsRemoveMetadataResponse(
             header=ok(), job_id=identifier(job.job_id), metadata=metadata

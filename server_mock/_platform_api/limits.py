@@ -18,8 +18,7 @@ __all__ = [
     "MAX_DEFINITION_MESSAGES",
     "MAX_LOG_LINE_BYTES",
     "MAX_METADATA_BYTES",
-    "MAX_METADATA_ENTRIES",
-    "MAX_METADATA_KEY_CHARS",
+    "MAX_METADATA_KEY_BYTES",
     "MAX_METADATA_VALUE_BYTES",
     "MAX_PATH_CHARS",
     "MAX_REASON_CHARS",
@@ -27,13 +26,20 @@ __all__ = [
     "MAX_VARIABLE_VALUE_BYTES",
 ]
 
-# -- metadata (pipelines, jobs, payloads) ----------------------------------------------------
+# -- metadata (pipelines, jobs, payloads, models) --------------------------------------------
+# From the Clara Deploy SDK's AddMetadata pages (Pipelines, Jobs, Payloads; 0.7.4 and 0.8.1):
+# "The maximum allowed size of a metadata key is 128 bytes, while the maximum allowed size of
+# a metadata value is 256 bytes. The maximum allowed size for the overall metadata of an
+# individual [object] is 4 Megabytes." Sizes are UTF-8 bytes; "4 Megabytes" is read as 4 MiB.
 
-MAX_METADATA_ENTRIES: Final = 256
-MAX_METADATA_KEY_CHARS: Final = 255
-MAX_METADATA_VALUE_BYTES: Final = 64 * 1024
-MAX_METADATA_BYTES: Final = 1024 * 1024
-"""Limits of one object's metadata (keys and values, UTF-8, all entries together)."""
+MAX_METADATA_KEY_BYTES: Final = 128
+"""Largest metadata key, in UTF-8 bytes."""
+
+MAX_METADATA_VALUE_BYTES: Final = 256
+"""Largest metadata value, in UTF-8 bytes."""
+
+MAX_METADATA_BYTES: Final = 4 * 1024 * 1024
+"""Largest metadata of one object: its keys and values together, in UTF-8 bytes."""
 
 # -- request fields --------------------------------------------------------------------------
 
@@ -43,7 +49,7 @@ MAX_REASON_CHARS: Final = 4096
 MAX_VARIABLES: Final = 256
 """Most named values one ``Jobs.Start`` may carry."""
 
-MAX_VARIABLE_VALUE_BYTES: Final = MAX_METADATA_VALUE_BYTES
+MAX_VARIABLE_VALUE_BYTES: Final = 64 * 1024
 """Largest value of one ``Jobs.Start`` named value (UTF-8)."""
 
 MAX_PATH_CHARS: Final = 4096

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import AsyncIterator
+from typing import ClassVar
 
 from server_mock._errors import ApiError, ErrorCode
 from server_mock._payloads import CHUNK_SIZE, FileInfo, PayloadRecord, PayloadType
@@ -29,6 +30,24 @@ def _file_details(info: FileInfo) -> payloads_pb2.PayloadFileDetails:
     return payloads_pb2.PayloadFileDetails(name=info.name, size=info.size, mode=info.mode)
 
 
+def _reusable(record: PayloadRecord) -> str:
+    """The payload's name for messages, once it is known to be reusable.
+
+    Raises:
+        ApiError: ``INVALID_PAYLOAD_METADATA``: the payload belongs to a job ("Metadata is
+            only supported for reusable payloads", Payloads AddMetadata, 0.7.4 and 0.8.1).
+    """
+    owner = f"payload {record.payload_id.hex}"
+    if record.type is not PayloadType.REUSABLE:
+        raise ApiError(
+            ErrorCode.INVALID_PAYLOAD_METADATA,
+            f"{owner}, field metadata: the payload belongs to job "
+            f"{record.job_id.hex if record.job_id else '?'}; only reusable payloads have "
+            "metadata",
+        )
+    return owner
+
+
 class PayloadsService(payloads_pb2_grpc.PayloadsServicer):
     """``nvidia.clara.platform.Payloads`` over :attr:`PlatformState.payloads`.
 
@@ -36,6 +55,8 @@ class PayloadsService(payloads_pb2_grpc.PayloadsServicer):
         state: The platform's state.
         max_upload_bytes: The largest file an upload may write.
     """
+
+    store_error: ClassVar[ErrorCode] = ErrorCode.PAYLOAD_STORE_ERROR
 
     def __init__(
         self, state: PlatformState, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
@@ -51,7 +72,9 @@ class PayloadsService(payloads_pb2_grpc.PayloadsServicer):
         self, request: payloads_pb2.PayloadsCreateRequest, context: Context
     ) -> payloads_pb2.PayloadsCreateResponse:
         """Create an empty reusable payload."""
-        metadata = edit_metadata({}, ErrorCode.INVALID_PAYLOAD_METADATA, add=request.metadata)
+        metadata = edit_metadata(
+            {}, ErrorCode.INVALID_PAYLOAD_METADATA, "the new payload", add=request.metadata
+        )
         record = self._state.payloads.create(PayloadType.REUSABLE, metadata=metadata)
         return payloads_pb2.PayloadsCreateResponse(
             header=ok(),
@@ -63,18 +86,20 @@ class PayloadsService(payloads_pb2_grpc.PayloadsServicer):
     async def Details(
         self, request: payloads_pb2.PayloadsDetailsRequest, context: Context
     ) -> AsyncIterator[payloads_pb2.PayloadsDetailsResponse]:
-        """One message per file (a lone header message for an empty payload)."""
+        """One message per file, as the docs say; none for an empty payload.
+
+        (A header-only message would be a file without a name to the published client, which
+        turns every message into a file.)
+        """
         record = self._payload(request.payload_id)
-        files = self._state.payloads.files(record)
-        for index in range(max(len(files), 1)):
+        for index, info in enumerate(self._state.payloads.files(record)):
             response = payloads_pb2.PayloadsDetailsResponse(
                 header=ok(),
                 payload_id=identifier(record.payload_id),
                 type=payload_type(record.type),
                 job_id=identifier(record.job_id),
+                file=_file_details(info),
             )
-            if files:
-                response.file.CopyFrom(_file_details(files[index]))
             if index == 0:
                 response.metadata.update(record.metadata)
             yield response
@@ -191,10 +216,13 @@ class PayloadsService(payloads_pb2_grpc.PayloadsServicer):
     async def AddMetadata(
         self, request: payloads_pb2.PayloadsAddMetadataRequest, context: Context
     ) -> payloads_pb2.PayloadsAddMetadataResponse:
-        """Merge key/value pairs into the payload's metadata."""
+        """Add key/value pairs to a reusable payload's metadata."""
         record = self._payload(request.payload_id)
         metadata = edit_metadata(
-            record.metadata, ErrorCode.INVALID_PAYLOAD_METADATA, add=request.metadata
+            record.metadata,
+            ErrorCode.INVALID_PAYLOAD_METADATA,
+            _reusable(record),
+            add=request.metadata,
         )
         self._state.payloads.set_metadata(record, metadata)
         return payloads_pb2.PayloadsAddMetadataResponse(
@@ -205,10 +233,13 @@ class PayloadsService(payloads_pb2_grpc.PayloadsServicer):
     async def RemoveMetadata(
         self, request: payloads_pb2.PayloadsRemoveMetadataRequest, context: Context
     ) -> payloads_pb2.PayloadsRemoveMetadataResponse:
-        """Delete keys from the payload's metadata (absent keys are ignored)."""
+        """Delete keys from a reusable payload's metadata (absent keys are ignored)."""
         record = self._payload(request.payload_id)
         metadata = edit_metadata(
-            record.metadata, ErrorCode.INVALID_PAYLOAD_METADATA, remove=request.keys
+            record.metadata,
+            ErrorCode.INVALID_PAYLOAD_METADATA,
+            _reusable(record),
+            remove=request.keys,
         )
         self._state.payloads.set_metadata(record, metadata)
         return payloads_pb2.PayloadsRemoveMetadataResponse(

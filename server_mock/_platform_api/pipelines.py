@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import AsyncIterator
+from typing import ClassVar
 
 from server_mock._errors import ApiError, ErrorCode
 from server_mock._pipeline_definition import MAX_DEFINITION_BYTES, PipelineDefinition
@@ -81,11 +82,9 @@ class _DefinitionRequest:
         self.metadata: dict[str, str] = {}
 
     def add(
-        self,
-        definition: pipelines_pb2.PipelineDefinitionFile,
-        pipeline_id: common_pb2.Identifier,
-        code: ErrorCode,
+        self, definition: pipelines_pb2.PipelineDefinitionFile, pipeline_id: common_pb2.Identifier
     ) -> None:
+        code = ErrorCode.PIPELINE_DEFINITION_ERROR
         self.count += 1
         if self.count > MAX_DEFINITION_MESSAGES:
             raise ApiError(
@@ -99,31 +98,45 @@ class _DefinitionRequest:
                 )
             self.pipeline_id = pipeline_id.value
         if len(definition.path) > MAX_PATH_CHARS or "\x00" in definition.path:
-            raise ApiError(code, f"definition file name {show(definition.path)} is invalid")
+            raise ApiError(
+                code, f"field definition.path: file name {show(definition.path)} is invalid"
+            )
         self.size += len(definition.content)
         if self.size > MAX_DEFINITION_BYTES:
             raise ApiError(
-                ErrorCode.INVALID_DEFINITION,
-                "invalid pipeline definition: larger than the limit of "
+                code,
+                "field definition.content: the pipeline definition is larger than the limit of "
                 f"{MAX_DEFINITION_BYTES} bytes",
             )
         self.files.setdefault(definition.path, []).append(definition.content)
 
-    def single_file(self, code: ErrorCode) -> tuple[str, str]:
+    def single_file(self) -> tuple[str, str]:
+        code = ErrorCode.PIPELINE_DEFINITION_ERROR
         if not self.files:
-            raise ApiError(code, "the request carried no pipeline definition")
+            raise ApiError(code, "field definition: the request carried no pipeline definition")
         if len(self.files) > 1:
             names = ", ".join(repr(p) for p in self.files)
             raise ApiError(
                 code,
-                f"the mock supports single-file pipeline definitions; the request has {names}",
+                "field definition.path: the mock supports single-file pipeline definitions; "
+                f"the request has {names}",
             )
         [(path, pieces)] = self.files.items()
         return path or DEFAULT_DEFINITION_PATH, "".join(pieces)
 
 
+def _warnings(definition: PipelineDefinition) -> list[str]:
+    """What the parser accepted with a warning (extra keys the language does not define)."""
+    return list(getattr(definition, "warnings", ()))
+
+
 class PipelinesService(pipelines_pb2_grpc.PipelinesServicer):
-    """``nvidia.clara.platform.Pipelines`` over :attr:`PlatformState.pipelines`."""
+    """``nvidia.clara.platform.Pipelines`` over :attr:`PlatformState.pipelines`.
+
+    Create and Update answer the definition's warnings in the header's ``messages`` (code 0).
+    """
+
+    store_error: ClassVar[ErrorCode] = ErrorCode.PIPELINE_STORE_ERROR
 
     def __init__(self, state: PlatformState) -> None:
         self._state = state
@@ -137,14 +150,15 @@ class PipelinesService(pipelines_pb2_grpc.PipelinesServicer):
         """Register a pipeline; its definition is validated and nothing is stored on error."""
         gathered = _DefinitionRequest()
         async for request in request_iterator:
-            gathered.add(
-                request.definition, request.pipeline_id, ErrorCode.INVALID_PIPELINE_REQUEST
-            )
+            gathered.add(request.definition, request.pipeline_id)
             # Checked per message, so a stream of distinct keys cannot grow without bound.
             gathered.metadata = edit_metadata(
-                gathered.metadata, ErrorCode.INVALID_PIPELINE_METADATA, add=request.metadata
+                gathered.metadata,
+                ErrorCode.INVALID_PIPELINE_METADATA,
+                "the new pipeline",
+                add=request.metadata,
             )
-        path, text = gathered.single_file(ErrorCode.INVALID_PIPELINE_REQUEST)
+        path, text = gathered.single_file()
         pipeline_id = (
             parse_pipeline_id(common_pb2.Identifier(value=gathered.pipeline_id))
             if gathered.pipeline_id
@@ -155,7 +169,7 @@ class PipelinesService(pipelines_pb2_grpc.PipelinesServicer):
         )
         _log.info("pipeline %s (%s) created", record.pipeline_id.hex, record.name)
         return pipelines_pb2.PipelinesCreateResponse(
-            header=ok(), pipeline_id=identifier(record.pipeline_id)
+            header=ok(_warnings(record.definition)), pipeline_id=identifier(record.pipeline_id)
         )
 
     @streaming_rpc(pipelines_pb2.PipelinesDetailsResponse)
@@ -208,7 +222,7 @@ class PipelinesService(pipelines_pb2_grpc.PipelinesServicer):
         _log.info("pipeline %s (%s) removed", record.pipeline_id.hex, record.name)
         return pipelines_pb2.PipelinesRemoveResponse(header=ok())
 
-    @unary_rpc(pipelines_pb2.PipelinesUpdateResponse)
+    @unary_rpc(pipelines_pb2.PipelinesUpdateResponse, store_error=ErrorCode.PIPELINE_UPDATE_ERROR)
     async def Update(
         self,
         request_iterator: AsyncIterator[pipelines_pb2.PipelinesUpdateRequest],
@@ -217,13 +231,11 @@ class PipelinesService(pipelines_pb2_grpc.PipelinesServicer):
         """Replace a pipeline's definition; nothing changes if the new one is invalid."""
         gathered = _DefinitionRequest()
         async for request in request_iterator:
-            gathered.add(
-                request.definition, request.pipeline_id, ErrorCode.INVALID_PIPELINE_REQUEST
-            )
-        path, text = gathered.single_file(ErrorCode.INVALID_PIPELINE_REQUEST)
+            gathered.add(request.definition, request.pipeline_id)
+        path, text = gathered.single_file()
         pipeline_id = parse_pipeline_id(common_pb2.Identifier(value=gathered.pipeline_id))
-        self._state.pipelines.update(pipeline_id, text, path)
-        return pipelines_pb2.PipelinesUpdateResponse(header=ok())
+        record = self._state.pipelines.update(pipeline_id, text, path)
+        return pipelines_pb2.PipelinesUpdateResponse(header=ok(_warnings(record.definition)))
 
     @unary_rpc(pipelines_pb2.PipelinesAddMetadataResponse)
     async def AddMetadata(
@@ -232,7 +244,10 @@ class PipelinesService(pipelines_pb2_grpc.PipelinesServicer):
         """Merge key/value pairs into the pipeline's metadata."""
         record = self._state.pipelines.get(parse_pipeline_id(request.pipeline_id))
         metadata = edit_metadata(
-            record.metadata, ErrorCode.INVALID_PIPELINE_METADATA, add=request.metadata
+            record.metadata,
+            ErrorCode.INVALID_PIPELINE_METADATA,
+            f"pipeline {record.pipeline_id.hex}",
+            add=request.metadata,
         )
         self._state.pipelines.set_metadata(record, metadata)
         return pipelines_pb2.PipelinesAddMetadataResponse(
@@ -246,7 +261,10 @@ class PipelinesService(pipelines_pb2_grpc.PipelinesServicer):
         """Delete keys from the pipeline's metadata (absent keys are ignored)."""
         record = self._state.pipelines.get(parse_pipeline_id(request.pipeline_id))
         metadata = edit_metadata(
-            record.metadata, ErrorCode.INVALID_PIPELINE_METADATA, remove=request.keys
+            record.metadata,
+            ErrorCode.INVALID_PIPELINE_METADATA,
+            f"pipeline {record.pipeline_id.hex}",
+            remove=request.keys,
         )
         self._state.pipelines.set_metadata(record, metadata)
         return pipelines_pb2.PipelinesRemoveMetadataResponse(

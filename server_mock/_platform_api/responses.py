@@ -5,20 +5,23 @@ message or a stream) or :func:`streaming_rpc` (a stream of answers). Inside, a m
 :class:`~server_mock._errors.ApiError` for a request the platform refuses; the wrapper logs it,
 sets the trailing metadata ``clara-status-code`` to the equivalent gRPC status name and answers
 with a message whose header carries the negative code and the error's messages (a stream ends
-with that message). :func:`abort` is the same path for the one RPC that answers errors with a
-gRPC status instead (``Jobs.ReadLogs``, see the package docstring).
+with that message). A :class:`~server_mock._errors.StorageError` (the state file could not be
+written; the change was undone) is answered with the service's documented store error
+(``store_error`` of :func:`unary_rpc`, else the servicer's ``store_error`` attribute).
+:func:`abort` is the same path for the one RPC that answers errors with a gRPC status instead
+(``Jobs.ReadLogs``, see the package docstring).
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, Final, NoReturn, Protocol, TypeAlias, TypeVar
 
 import grpc
 
-from server_mock._errors import ApiError
+from server_mock._errors import ApiError, ErrorCode, StorageError
 from server_mock._proto.nvidia.clara.platform import common_pb2
 
 __all__ = ["STATUS_TRAILER", "Context", "abort", "ok", "refused", "streaming_rpc", "unary_rpc"]
@@ -42,9 +45,9 @@ _Request = TypeVar("_Request")
 _Response = TypeVar("_Response", bound=_Answer)
 
 
-def ok() -> common_pb2.ResponseHeader:
-    """The header of a successful answer (code 0)."""
-    return common_pb2.ResponseHeader(code=0)
+def ok(messages: Iterable[str] = ()) -> common_pb2.ResponseHeader:
+    """The header of a successful answer (code 0), with optional ``messages`` (warnings)."""
+    return common_pb2.ResponseHeader(code=0, messages=list(messages))
 
 
 def _label(method: Callable[..., Any]) -> str:
@@ -78,13 +81,25 @@ async def abort(context: Context, method: str, error: ApiError) -> NoReturn:
     raise AssertionError("unreachable: abort raises")
 
 
+def _storage_refusal(servicer: object, code: ErrorCode | None, error: StorageError) -> ApiError:
+    chosen: ErrorCode = (
+        getattr(servicer, "store_error", ErrorCode.INTERNAL) if code is None else code
+    )
+    return ApiError(chosen, f"the mock could not save the change, so it made none: {error}")
+
+
 def unary_rpc(
-    response: type[_Response],
+    response: type[_Response], *, store_error: ErrorCode | None = None
 ) -> Callable[
     [Callable[[_Self, _Request, Context], Awaitable[_Response]]],
     Callable[[_Self, _Request, Context], Awaitable[_Response]],
 ]:
-    """Wrap a method with one answer: an :class:`ApiError` becomes ``response(header=...)``."""
+    """Wrap a method with one answer: an :class:`ApiError` becomes ``response(header=...)``.
+
+    Args:
+        response: The method's response message type.
+        store_error: The code of a failed save (default: the servicer's ``store_error``).
+    """
 
     def decorate(
         method: Callable[[_Self, _Request, Context], Awaitable[_Response]],
@@ -97,6 +112,10 @@ def unary_rpc(
                 return await method(self, request, context)
             except ApiError as error:
                 return response(header=refused(context, label, error))
+            except StorageError as error:
+                _log.error("%s: %s", label, error)
+                failure = _storage_refusal(self, store_error, error)
+                return response(header=refused(context, label, failure))
 
         return answer
 

@@ -167,7 +167,7 @@ def test_pipeline_runner_runs_the_example(clara_pipeline_runner: PipelineRunner)
         "organ",
         "organ",
     ]
-    assert (run.output("segment") / "components.json").is_file()
+    assert (run.output("segment", "segmentation") / "components.json").is_file()
     assert "report: 2 organ(s), 1 lesion candidate(s)" in run.log("report")
 
 

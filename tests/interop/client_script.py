@@ -1,7 +1,8 @@
 """Drive the mock with the UNMODIFIED published client (nvidia-clara-client 0.8.1.7).
 
 Runs in the interop venv, not in the project's: ``python client_script.py HOST:PORT WORKDIR``.
-WORKDIR holds ``pipeline.yaml``, ``bad-pipeline.yaml`` and ``inputs/`` (the files to upload).
+WORKDIR holds ``pipeline.yaml``, ``bad-pipeline.yaml``, ``inputs/`` (the files to upload) and
+``model.zip`` (a zipped model folder for the Models service).
 
 Protocol on stdout, one JSON object per line:
 
@@ -17,21 +18,26 @@ from __future__ import annotations
 import datetime
 import enum
 import hashlib
+import io
 import json
 import sys
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from nvidia_clara import (
     ClaraClient,
     JobsClient,
+    ModelsClient,
     PayloadsClient,
     PipelinesClient,
     job_types,
+    model_types,
     payload_types,
     pipeline_types,
 )
+from nvidia_clara.grpc import models_pb2
 
 
 def emit(event: str, **fields: Any) -> None:
@@ -60,6 +66,15 @@ def error_text(call: Any) -> str:
     return "NO ERROR"
 
 
+def failure(call: Callable[[], Any]) -> str:
+    """``ExceptionType: message`` of what ``call`` raises (the client's own bugs included)."""
+    try:
+        call()
+    except Exception as error:
+        return f"{type(error).__name__}: {error}"
+    return "NO ERROR"
+
+
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -74,6 +89,13 @@ def main(address: str, workdir: Path) -> dict[str, Any]:
     version = clara.version()
     result["version"] = [version.major, version.minor, version.patch, version.label]
     result["utilization_samples"] = len(clara.list_utilization())
+    watched = 0
+    try:
+        for _ in clara.stream_utilization(timeout=2.5):  # the deadline ends the watch
+            watched += 1
+    except Exception as error:  # grpc.RpcError, DEADLINE_EXCEEDED
+        result["watch_ended"] = getattr(error, "code", lambda: None)().name
+    result["watched_samples"] = watched
     result["stop_error"] = error_text(clara.stop)
 
     # Pipelines.
@@ -156,9 +178,7 @@ def main(address: str, workdir: Path) -> dict[str, Any]:
     result["job_add_metadata"] = dict(jobs.add_metadata(job.job_id, {"more": "data"}))
 
     summary = workdir / "summary.txt"
-    payloads.download_from(
-        job.payload_id, "operators/finish/output/summary.txt", dest_path=str(summary)
-    )
+    payloads.download_from(job.payload_id, "operators/finish/summary.txt", dest_path=str(summary))
     result["summary"] = summary.read_text()
     result["missing_file_error"] = error_text(
         lambda: payloads.download_from(job.payload_id, "no/such/file", dest_path=str(summary))
@@ -193,7 +213,91 @@ def main(address: str, workdir: Path) -> dict[str, Any]:
     result["pipelines"] = [[p.pipeline_id.value, p.name] for p in pipelines.list_pipelines()]
     pipelines.remove_pipeline(pipeline_id)
     result["pipelines_after_remove"] = len(pipelines.list_pipelines())
+    result["models"] = drive_models(address, (workdir / "model.zip").read_bytes())
     return result
+
+
+def drive_models(address: str, archive: bytes) -> dict[str, Any]:
+    """Every call of the published ModelsClient; where the client fails before sending (its
+    requests name fields its own generated code does not have), record the client's error and
+    send the request the call means through the client's own generated stub."""
+    seen: dict[str, Any] = {}
+    models = ModelsClient(address)
+    stub = models._stub  # the published client's generated stub (its protobuf runtime)
+
+    seen["upload_model"] = failure(
+        lambda: models.upload_model(
+            model_types.ModelDetails(
+                model_id=model_types.ModelId("new"),
+                name="liver",
+                model_type=model_types.ModelType.TensorRT,
+            ),
+            io.BytesIO(archive),
+        )
+    )
+    uploaded = stub.UploadModel(
+        iter(
+            models_pb2.ModelsUploadModelRequest(
+                header=models.get_request_header(),
+                details=models_pb2.ModelDetails(name="liver", type=2),
+                data=archive[start : start + 64 * 1024],
+            )
+            for start in range(0, len(archive), 64 * 1024)
+        )
+    )
+    models.check_response_header(uploaded.header)
+    model = model_types.ModelId(uploaded.details.model_id.value)
+    seen["uploaded"] = [uploaded.details.name, uploaded.details.type, len(model.value)]
+
+    seen["list_models"] = failure(models.list_models)
+    listing = stub.ListModels(models_pb2.ModelsListModelsRequest())
+    seen["listed"] = [[m.name, m.model_id.value] for r in listing for m in r.models]
+
+    seen["add_metadata"] = dict(models.add_metadata(model, {"organ": "liver", "site": "a"}))
+    seen["remove_metadata"] = dict(models.remove_metadata(model, ["SITE"]))
+    seen["duplicate_key"] = failure(lambda: models.add_metadata(model, {"Organ": "x"}))
+
+    catalog = models.create_catalog()
+    instance = models.create_instance()
+    seen["ids"] = [len(catalog.value), len(instance.value)]
+    # The client hands grpc a list where it needs an iterator: "Exception iterating requests".
+    seen["update_catalog"] = failure(lambda: models.update_catalog(catalog, [model]))
+    updated = stub.UpdateCatalog(
+        iter(
+            [
+                models_pb2.ModelsUpdateCatalogRequest(
+                    catalog_id=catalog.to_grpc_value(), model_ids=[model.to_grpc_value()]
+                )
+            ]
+        )
+    )
+    models.check_response_header(updated.header)
+    seen["read_catalog"] = failure(lambda: models.read_catalog(catalog))
+    read = stub.ReadCatalog(models_pb2.ModelsReadCatalogRequest(catalog_id=catalog.to_grpc_value()))
+    seen["catalog_models"] = [m.name for r in read for m in r.models]
+    seen["update_instance"] = failure(lambda: models.update_instance(instance, [model]))
+    seen["read_instance"] = failure(lambda: models.read_instance(instance))
+
+    out = io.BytesIO()
+    seen["download_model"] = failure(lambda: models.download_model(model, out))
+    downloaded = stub.DownloadModel(
+        models_pb2.ModelsDownloadModelRequest(model_id=model.to_grpc_value())
+    )
+    seen["download_matches"] = b"".join(r.data for r in downloaded) == archive
+
+    seen["delete_instance"] = failure(lambda: models.delete_instance(instance))
+    deleted = stub.DeleteInstance(
+        models_pb2.ModelsDeleteInstanceRequest(instance_id=instance.to_grpc_value())
+    )
+    seen["instance_deleted"] = deleted.header.code
+    models.delete_catalog(catalog)
+    seen["catalog_deleted"] = failure(lambda: models.delete_catalog(catalog))
+    seen["delete_model"] = failure(lambda: models.delete_model(model))
+    gone = stub.DeleteModel(models_pb2.ModelsDeleteModelRequest(model_id=model.to_grpc_value()))
+    seen["model_deleted"] = gone.header.code
+    after = stub.ListModels(models_pb2.ModelsListModelsRequest())
+    seen["listed_after_delete"] = [m.name for r in after for m in r.models]
+    return seen
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -18,6 +19,7 @@ import sys
 import tempfile
 import threading
 import uuid
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -166,7 +168,17 @@ def workdir(tmp_path: Path) -> Iterator[Path]:
     (inputs / "notes.txt").write_text("hello clara\n")
     # More than three of the client's 64 KiB upload chunks, not a multiple of the chunk size.
     (inputs / "big.bin").write_bytes(hashlib.sha512(b"interop").digest() * 3500)
+    (tmp_path / "model.zip").write_bytes(model_archive())
     yield tmp_path
+
+
+def model_archive() -> bytes:
+    """A zipped Triton model folder, larger than one of the client's 64 KiB chunks."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("liver/config.pbtxt", "name: 'liver'\n")
+        archive.writestr("liver/1/model.plan", hashlib.sha512(b"model").digest() * 2000)
+    return buffer.getvalue()
 
 
 def test_published_client_drives_the_mock(
@@ -208,11 +220,14 @@ def test_published_client_drives_the_mock(
     assert events and events[-1]["event"] == "result", details
     assert process.returncode == 0, details
     _check(events[-1]["result"], events[0], workdir)
+    _check_models(events[-1]["result"]["models"], clara_platform)
 
 
 def _check(result: dict[str, Any], started: dict[str, Any], workdir: Path) -> None:
     assert result["version"] == [0, 8, 1, "mock"]
     assert result["utilization_samples"] == 1
+    # Watched, the stream goes on (one sample a second) until the caller's deadline ends it.
+    assert result["watched_samples"] >= 2 and result["watch_ended"] == "DEADLINE_EXCEEDED"
     assert "does not stop on request" in result["stop_error"]
 
     pipeline = result["pipeline"]
@@ -270,3 +285,28 @@ def _check(result: dict[str, Any], started: dict[str, Any], workdir: Path) -> No
     assert result["filtered_jobs"] == ["interop-job"]
     assert result["pipelines"] == [[pipeline["id"], "interop"]]
     assert result["pipelines_after_remove"] == 0
+
+
+def _check_models(seen: dict[str, Any], platform: MockPlatform) -> None:
+    # The published client's own bugs fail before anything is sent; the mock serves each RPC.
+    assert 'has no "tags" field' in seen["upload_model"]  # it builds ModelDetails(tags=...)
+    assert seen["uploaded"] == ["liver", 2, 32]
+    assert seen["list_models"].startswith("AttributeError")  # ModelDetails(other=<repeated>)
+    assert [name for name, _ in seen["listed"]] == ["liver"]
+    assert seen["add_metadata"] == {"organ": "liver", "site": "a"}
+    assert seen["remove_metadata"] == {"organ": "liver"}  # keys compared case-insensitively
+    assert "'Organ' already exists" in seen["duplicate_key"]
+    assert seen["ids"] == [32, 32]
+    assert "Exception iterating requests" in seen["update_catalog"]
+    assert seen["read_catalog"].startswith("AttributeError")
+    assert seen["catalog_models"] == ["liver"]
+    assert 'has no "model_ids" field' in seen["update_instance"]  # ModelsReadInstanceRequest
+    assert 'has no "instance_id" field' in seen["read_instance"]  # ModelsReadCatalogRequest
+    assert "has no attribute 'Download'" in seen["download_model"]  # the stub has DownloadModel
+    assert seen["download_matches"] is True
+    assert 'has no "catalog_id" field' in seen["delete_instance"]
+    assert seen["instance_deleted"] == 0
+    assert "not found" in seen["catalog_deleted"]  # deleted by the call before
+    assert 'has no "catalog_id" field' in seen["delete_model"]
+    assert seen["model_deleted"] == 0 and seen["listed_after_delete"] == []
+    assert platform.call(platform.state.models.all) == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import sqlite3
 import stat
@@ -9,19 +10,27 @@ import subprocess
 import sys
 import threading
 import uuid
+import zipfile
 from pathlib import Path
 
+import grpc
 import pytest
 from _faults import ROOT, WAIT, ControlServer, ServerProcess, pipeline_yaml
 
 from server_mock import MockPlatform, StageSpec
 from server_mock._client import PlatformApiError, PlatformClient
-from server_mock._persistence import StateStore
+from server_mock._errors import ErrorCode
+from server_mock._models import CatalogKind
+from server_mock._persistence import StateStore, StateStoreError
 from server_mock._proto.nvidia.clara.platform import (
     common_pb2,
     jobs_pb2,
+    jobs_pb2_grpc,
+    models_pb2,
+    models_pb2_grpc,
     payloads_pb2,
     pipelines_pb2,
+    pipelines_pb2_grpc,
 )
 
 
@@ -192,6 +201,10 @@ def test_acknowledged_metadata_edits_survive_a_kill(
     with PlatformClient(address) as client:
         pipeline = client.create_pipeline(write_pipeline(tmp_path, control))
         payload = client.create_payload()
+        (tmp_path / "files").mkdir()
+        (tmp_path / "files" / "scan.raw").write_bytes(b"x")
+        # Payloads.Details answers one message per file: none would carry the metadata.
+        assert client.upload_folder(payload, tmp_path / "files") == 1
         job = client.create_job(pipeline, "tagged", [])
         pipeline_ref = common_pb2.Identifier(value=pipeline.hex)
         payload_ref = common_pb2.Identifier(value=payload.hex)
@@ -235,3 +248,157 @@ def test_acknowledged_metadata_edits_survive_a_kill(
         (job_details,) = client.list_jobs()
         assert dict(job_details.metadata) == {"ticket": "42"}
     assert serve.stop() == 0
+
+
+def zipped_model(name: str) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr(f"{name}/config.pbtxt", f"name: '{name}'")
+    return buffer.getvalue()
+
+
+def test_models_catalogs_and_instances_survive_a_kill(tmp_path: Path, serve: ServerProcess) -> None:
+    content = zipped_model("liver")
+    address = serve.start()
+    with grpc.insecure_channel(address) as channel:
+        models = models_pb2_grpc.ModelsStub(channel)
+        uploaded = models.UploadModel(
+            iter(
+                [
+                    models_pb2.ModelsUploadModelRequest(
+                        details=models_pb2.ModelDetails(
+                            name="liver", type=models_pb2.MODEL_TYPE_TENSOR_RT
+                        ),
+                        data=content,
+                    )
+                ]
+            ),
+            timeout=WAIT,
+        )
+        assert uploaded.header.code == 0, uploaded.header.messages
+        model = uploaded.details.model_id
+        added = models.AddMetadata(
+            models_pb2.ModelsAddMetadataRequest(model_id=model, metadata={"organ": "liver"}),
+            timeout=WAIT,
+        )
+        assert added.header.code == 0
+        catalog = models.CreateCatalog(models_pb2.ModelsCreateCatalogRequest(), timeout=WAIT)
+        instance = models.CreateInstance(models_pb2.ModelsCreateInstanceRequest(), timeout=WAIT)
+        assert (
+            models.UpdateCatalog(
+                iter(
+                    [
+                        models_pb2.ModelsUpdateCatalogRequest(
+                            catalog_id=catalog.catalog_id, model_ids=[model]
+                        )
+                    ]
+                ),
+                timeout=WAIT,
+            ).header.code
+            == 0
+        )
+
+    serve.kill()
+    address = serve.start()
+
+    with grpc.insecure_channel(address) as channel:
+        models = models_pb2_grpc.ModelsStub(channel)
+        [listed] = list(models.ListModels(models_pb2.ModelsListModelsRequest(), timeout=WAIT))
+        [details] = listed.models
+        assert (details.model_id, details.name, details.type) == (
+            model,
+            "liver",
+            models_pb2.MODEL_TYPE_TENSOR_RT,
+        )
+        assert dict(details.metadata) == {"organ": "liver"}
+        downloaded = list(
+            models.DownloadModel(
+                models_pb2.ModelsDownloadModelRequest(model_id=model), timeout=WAIT
+            )
+        )
+        assert b"".join(m.data for m in downloaded) == content
+        [catalogs] = list(models.ListCatalogs(models_pb2.ModelsListCatalogsRequest(), timeout=WAIT))
+        assert [(c.catalog_id, [m.name for m in c.models]) for c in catalogs.catalogs] == [
+            (catalog.catalog_id, ["liver"])
+        ]
+        [instances] = list(
+            models.ListInstances(models_pb2.ModelsListInstancesRequest(), timeout=WAIT)
+        )
+        assert [c.catalog_id for c in instances.instances] == [instance.instance_id]
+    assert serve.stop() == 0
+
+
+def test_a_version_1_state_file_is_migrated(tmp_path: Path) -> None:
+    state = tmp_path / "state.db"
+    with MockPlatform(state_path=state) as platform:
+        kept = platform.create_job([StageSpec("only")], name="from-v1")
+    # What version 1 wrote: the same tables, without the model repository's.
+    with sqlite3.connect(state) as db:
+        db.execute("DROP TABLE models")
+        db.execute("DROP TABLE model_catalogs")
+        db.execute("UPDATE meta SET value = '1' WHERE key = 'schema'")
+    with MockPlatform(state_path=state) as platform:
+        assert platform.job(kept).name == "from-v1"
+        assert platform.call(platform.state.models.all) == []
+        catalog = platform.call(lambda: platform.state.models.create_catalog(CatalogKind.CATALOG))
+    with sqlite3.connect(state) as db:
+        assert db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone() == ("2",)
+        assert db.execute("SELECT catalog_id FROM model_catalogs").fetchall() == [
+            (catalog.catalog_id.hex,)
+        ]
+
+
+def test_a_newer_state_file_is_refused_and_left_untouched(tmp_path: Path) -> None:
+    state = tmp_path / "state.db"
+    StateStore(state).close()
+    with sqlite3.connect(state) as db:
+        db.execute("DROP TABLE models")
+        db.execute("UPDATE meta SET value = '3' WHERE key = 'schema'")
+    with pytest.raises(StateStoreError, match=r"schema version 3; this mock reads version 2"):
+        StateStore(state)
+    with sqlite3.connect(state) as db:
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
+        assert "models" not in tables  # nothing was created in a file the mock cannot read
+
+
+@pytest.mark.slow
+def test_a_write_the_state_file_refuses_is_the_documented_store_error(tmp_path: Path) -> None:
+    state = tmp_path / "state.db"
+    definition = pipelines_pb2.PipelineDefinitionFile(
+        content="api-version: 0.4.0\nname: p\noperators:\n- name: a\n  container: {image: x}\n"
+    )
+    with (
+        MockPlatform(state_path=state) as platform,
+        grpc.insecure_channel(platform.address) as channel,
+    ):
+        pipelines = pipelines_pb2_grpc.PipelinesStub(channel)
+        jobs = jobs_pb2_grpc.JobsStub(channel)
+        created = pipelines.Create(
+            iter([pipelines_pb2.PipelinesCreateRequest(definition=definition)])
+        )
+        job = jobs.Create(
+            jobs_pb2.JobsCreateRequest(
+                pipeline_id=created.pipeline_id, name="j", metadata={"a": "1"}
+            )
+        )
+        assert job.header.code == 0
+        # Another process holds the file's write lock (SQLite gives up after its busy timeout).
+        holder = sqlite3.connect(state, isolation_level=None)
+        try:
+            holder.execute("BEGIN EXCLUSIVE")
+            refused = pipelines.Create(
+                iter([pipelines_pb2.PipelinesCreateRequest(definition=definition)]), timeout=WAIT
+            )
+            assert refused.header.code == ErrorCode.PIPELINE_STORE_ERROR == -0x1002
+            assert "could not save the change" in refused.header.messages[0]
+            edited = jobs.AddMetadata(
+                jobs_pb2.JobsAddMetadataRequest(job_id=job.job_id, metadata={"b": "2"}),
+                timeout=WAIT,
+            )
+            assert edited.header.code == ErrorCode.JOB_STORE_ERROR == -0x2002
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+        assert platform.call(lambda: len(platform.state.pipelines.all())) == 1
+        status = jobs.Status(jobs_pb2.JobsStatusRequest(job_id=job.job_id), timeout=WAIT)
+        assert dict(status.metadata) == {"a": "1"}  # the refused edit was undone in memory too

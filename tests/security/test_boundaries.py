@@ -11,7 +11,11 @@ from clara._grpc_link import CHANNEL_OPTIONS
 from server_mock import MockPlatform
 from server_mock._errors import ErrorCode
 from server_mock._platform import SERVER_OPTIONS
-from server_mock._platform_api.limits import MAX_METADATA_ENTRIES
+from server_mock._platform_api.limits import (
+    MAX_METADATA_BYTES,
+    MAX_METADATA_KEY_BYTES,
+    MAX_METADATA_VALUE_BYTES,
+)
 from server_mock._proto.nvidia.clara.platform import (
     common_pb2,
     payloads_pb2,
@@ -80,18 +84,28 @@ def test_an_upload_past_the_size_limit_is_refused_and_leaves_nothing(
 def test_streamed_pipeline_metadata_is_bounded_as_it_arrives(
     clara_platform: MockPlatform,
 ) -> None:
+    entry_bytes = MAX_METADATA_KEY_BYTES + MAX_METADATA_VALUE_BYTES
+    per_message = 2000  # about 0.75 MB a message, well below the message size limit
+    messages = MAX_METADATA_BYTES // (entry_bytes * per_message) + 1
+
     def requests() -> Iterator[pipelines_pb2.PipelinesCreateRequest]:
         yield pipelines_pb2.PipelinesCreateRequest(
             definition=pipelines_pb2.PipelineDefinitionFile(path="p.yaml", content=DEFINITION)
         )
-        for index in range(MAX_METADATA_ENTRIES + 1):
-            yield pipelines_pb2.PipelinesCreateRequest(metadata={f"key-{index}": "v"})
+        for index in range(messages + 5):  # more than the limit allows
+            yield pipelines_pb2.PipelinesCreateRequest(
+                metadata={
+                    f"{index:06}-{entry:06}".ljust(MAX_METADATA_KEY_BYTES, "k"): "v"
+                    * MAX_METADATA_VALUE_BYTES
+                    for entry in range(per_message)
+                }
+            )
 
     with grpc.insecure_channel(clara_platform.address) as channel:
         stub = pipelines_pb2_grpc.PipelinesStub(channel)
         response = stub.Create(requests(), timeout=WAIT)
         assert response.header.code == ErrorCode.INVALID_PIPELINE_METADATA
-        assert "entries" in response.header.messages[0]
+        assert f"more than the limit of {MAX_METADATA_BYTES} bytes" in response.header.messages[0]
         listed = list(stub.List(pipelines_pb2.PipelinesListRequest(), timeout=WAIT))
         assert [m.details.pipeline_id for m in listed] == [common_pb2.Identifier()]
 

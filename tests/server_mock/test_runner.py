@@ -115,8 +115,8 @@ def test_operators_run_as_processes_in_dag_order_with_their_environment(
     job = mock.wait_for_job(job_id, WAIT)
     assert job.state is JobState.SUCCEEDED, job.message
     record = mock.call(lambda: mock.state.job_records[job_id])
-    first_out = record.layout.root / "operators" / "first" / "output" / "seen.txt"
-    second_out = record.layout.root / "operators" / "second" / "output" / "seen.txt"
+    first_out = record.layout.root / "operators" / "first" / "seen.txt"
+    second_out = record.layout.root / "operators" / "second" / "seen.txt"
     assert first_out.read_text() == "a.txt,b.txt|hello"
     # The second stage reads the first stage's output folder.
     assert second_out.read_text() == "seen.txt|"

@@ -104,7 +104,7 @@ def test_start_fills_the_template_from_the_jobs_named_values(
         job = running.mock.wait_for_job(job_id, WAIT)
         assert job.state is JobState.SUCCEEDED, job.message
         layout = running.layout(job_id)
-        assert (layout.root / "operators" / "greeter" / "output" / "said.txt").read_text() == said
+        assert (layout.root / "operators" / "greeter" / "said.txt").read_text() == said
 
 
 def test_start_refuses_an_argument_the_template_does_not_declare(tmp_path: Path) -> None:

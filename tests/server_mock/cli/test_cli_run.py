@@ -42,10 +42,10 @@ def test_run_executes_the_example_end_to_end(tmp_path: Path) -> None:
         assert (output / "logs" / f"{stage}.log").read_text().strip()  # every operator's log
     assert "job volume-segmentation" in text and f"written to {output}\n" in text
     assert f"operator logs: {output / 'logs'}/<operator>.log" in text
-    report = json.loads((output / "report" / "output" / "report.json").read_text())
+    report = json.loads((output / "report" / "report.json").read_text())
     classes = sorted(c["class"] for c in report["components"])
     assert classes == ["lesion candidate", "organ", "organ"]
-    assert (output / "report" / "output" / "report.md").read_text().startswith("# ")
+    assert (output / "report" / "report.md").read_text().startswith("# ")
     run_log = (output / "run.log").read_text()
     assert "load-volume: succeeded in " in run_log and "STAGE" in run_log
 
@@ -80,7 +80,7 @@ def test_empty_input_files_are_inputs_too(tmp_path: Path) -> None:
 
     assert code == 0, text
     assert "3 input file(s)" in text
-    assert (tmp_path / "o" / "count" / "output" / "count.txt").read_text() == "3\n"
+    assert (tmp_path / "o" / "count" / "count.txt").read_text() == "3\n"
 
 
 def test_a_failure_points_to_a_log_that_is_still_there(tmp_path: Path) -> None:

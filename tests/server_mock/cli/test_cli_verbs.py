@@ -50,13 +50,13 @@ def test_a_whole_job_from_pipeline_file_to_downloaded_outputs(served: Served) ->
 
     everything = client(served, "download", f"{job_id}:/operators", "results")
     assert everything.returncode == 0, everything.stderr
-    assert (folder / "results" / "count" / "output" / "count.txt").read_text() == "3\n"
+    assert (folder / "results" / "count" / "count.txt").read_text() == "3\n"
     assert everything.stdout == f"1 file(s) of job count-job ({job_id}) downloaded to results\n"
     one = client(served, "download", f"{job_id}:operators/count/output/count.txt", "one")
     assert one.returncode == 0 and (folder / "one" / "count.txt").read_text() == "3\n"
     globbed = client(served, "download", f"{job_id}:/operators/*/output", "globbed")
     assert globbed.returncode == 0, globbed.stderr
-    assert (folder / "globbed" / "count" / "output" / "count.txt").is_file()
+    assert (folder / "globbed" / "count" / "count.txt").is_file()
 
     jobs = client(served, "list", "jobs")
     assert jobs.returncode == 0

@@ -154,8 +154,9 @@ def download(
 
 def payload_files(api: Api, payload: common_pb2.Identifier) -> dict[str, int]:
     responses = list(api.payloads.Details(payloads_pb2.PayloadsDetailsRequest(payload_id=payload)))
-    assert responses[0].header.code == 0, responses[0].header.messages
-    return {r.file.name: r.file.size for r in responses if r.file.name}
+    assert all(r.header.code == 0 for r in responses), responses[0].header.messages
+    assert all(r.file.name for r in responses), "a message without a file"
+    return {r.file.name: r.file.size for r in responses}
 
 
 def create_job(

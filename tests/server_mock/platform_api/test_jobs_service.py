@@ -117,10 +117,8 @@ def test_job_life_cycle_with_in_process_drivers(api: Api, platform: MockPlatform
 
     files = payload_files(api, created.payload_id)
     assert files["input/scan/image.txt"] == 6 and files["input/notes.txt"] == 5
-    assert (
-        download(api, created.payload_id, "operators/second/out/scan/image.txt")[1] == b"pixels+1+2"
-    )
-    assert download(api, created.payload_id, "operators/second/out/notes.txt")[1] == b"hello+1+2"
+    assert download(api, created.payload_id, "operators/second/scan/image.txt")[1] == b"pixels+1+2"
+    assert download(api, created.payload_id, "operators/second/notes.txt")[1] == b"hello+1+2"
 
     [listed] = [
         r.job_details

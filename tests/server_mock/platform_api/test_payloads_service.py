@@ -76,14 +76,15 @@ def test_empty_file_upload_and_download(api: Api) -> None:
 
 def test_payload_details_and_metadata(api: Api) -> None:
     payload = new_payload(api, a="1")
-    [lone] = list(api.payloads.Details(payloads_pb2.PayloadsDetailsRequest(payload_id=payload)))
-    assert lone.header.code == 0 and not lone.file.name
-    assert lone.type == payloads_pb2.PAYLOAD_TYPE_REUSABLE and dict(lone.metadata) == {"a": "1"}
+    # One message per file, as the docs say: none for an empty payload (no nameless "file").
+    assert list(api.payloads.Details(payloads_pb2.PayloadsDetailsRequest(payload_id=payload))) == []
     for name in ("b.txt", "a/c.txt"):
         upload(api, payload, name, name.encode())
     responses = list(api.payloads.Details(payloads_pb2.PayloadsDetailsRequest(payload_id=payload)))
     assert [(r.file.name, r.file.size) for r in responses] == [("a/c.txt", 7), ("b.txt", 5)]
     assert all(r.payload_id.value == payload.value for r in responses)
+    assert all(r.type == payloads_pb2.PAYLOAD_TYPE_REUSABLE for r in responses)
+    assert dict(responses[0].metadata) == {"a": "1"}
     added = api.payloads.AddMetadata(
         payloads_pb2.PayloadsAddMetadataRequest(payload_id=payload, metadata={"b": "2"})
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import Sequence
 
@@ -19,15 +20,12 @@ from _api import (
     trailer,
 )
 
-from server_mock import MockPlatform
+from server_mock import MockPlatform, _pipelines
 from server_mock._errors import ErrorCode
-from server_mock._platform_api.limits import (
-    MAX_DAG_DEPTH,
-    MAX_METADATA_ENTRIES,
-)
+from server_mock._pipeline_definition import PipelineDefinition, parse_pipeline_definition
+from server_mock._platform_api.limits import MAX_DAG_DEPTH
 from server_mock._proto.nvidia.clara.platform import (
     jobs_pb2,
-    payloads_pb2,
     pipelines_pb2,
 )
 
@@ -111,7 +109,7 @@ def test_pipeline_definition_errors_name_operator_and_field_and_store_nothing(
         )
     )
     assert_refused(
-        response.header, ErrorCode.INVALID_DEFINITION, "invalid pipeline definition", *fragments
+        response.header, ErrorCode.PIPELINE_LOAD_ERROR, "invalid pipeline definition", *fragments
     )
     assert trailer(call) == "INVALID_ARGUMENT"
     assert not response.pipeline_id.value
@@ -128,13 +126,13 @@ def test_pipeline_create_refuses_several_files_and_empty_streams(api: Api) -> No
     ]
     assert_refused(
         api.pipelines.Create(iter(two_files)).header,
-        ErrorCode.INVALID_PIPELINE_REQUEST,
+        ErrorCode.PIPELINE_DEFINITION_ERROR,
         "single-file",
         "'a.yaml'",
     )
     assert_refused(
         api.pipelines.Create(iter([])).header,
-        ErrorCode.INVALID_PIPELINE_REQUEST,
+        ErrorCode.PIPELINE_DEFINITION_ERROR,
         "no pipeline definition",
     )
     assert list_pipelines(api) == []
@@ -194,7 +192,7 @@ def test_pipeline_update_with_an_invalid_definition_keeps_the_old_one(api: Api) 
             ]
         )
     )
-    assert_refused(update.header, ErrorCode.INVALID_DEFINITION, "cycle")
+    assert_refused(update.header, ErrorCode.PIPELINE_LOAD_ERROR, "cycle")
     [details] = list(
         api.pipelines.Details(pipelines_pb2.PipelinesDetailsRequest(pipeline_id=pipeline))
     )
@@ -209,51 +207,6 @@ def test_pipeline_update_with_an_invalid_definition_keeps_the_old_one(api: Api) 
         )
     )
     assert_refused(missing_id.header, ErrorCode.INVALID_PIPELINE_ID, "pipeline id is required")
-
-
-def test_pipeline_metadata(api: Api) -> None:
-    pipeline = pipeline_id(api)
-    added = api.pipelines.AddMetadata(
-        pipelines_pb2.PipelinesAddMetadataRequest(
-            pipeline_id=pipeline, metadata={"a": "1", "b": "2"}
-        )
-    )
-    assert added.header.code == 0 and dict(added.metadata) == {"a": "1", "b": "2"}
-    overwritten = api.pipelines.AddMetadata(
-        pipelines_pb2.PipelinesAddMetadataRequest(pipeline_id=pipeline, metadata={"a": "3"})
-    )
-    assert dict(overwritten.metadata) == {"a": "3", "b": "2"}
-    removed = api.pipelines.RemoveMetadata(
-        pipelines_pb2.PipelinesRemoveMetadataRequest(pipeline_id=pipeline, keys=["b", "absent"])
-    )
-    assert removed.header.code == 0 and dict(removed.metadata) == {"a": "3"}
-    assert dict(list_pipelines(api)[0].metadata) == {"a": "3"}
-
-
-@pytest.mark.parametrize(
-    ("metadata", "fragment"),
-    [
-        ({"": "x"}, "must not be empty"),
-        ({"k" * 256: "x"}, "longer than 255"),
-        ({"k\n": "x"}, "control characters"),
-        ({"k": "v" * (64 * 1024 + 1)}, "larger than 65536 bytes"),
-        ({f"k{i}": "v" for i in range(MAX_METADATA_ENTRIES + 1)}, "more than 256 entries"),
-        ({f"k{i}": "v" * 60_000 for i in range(20)}, "larger than 1048576 bytes"),
-    ],
-    ids=["empty-key", "long-key", "control-key", "big-value", "many-entries", "big-total"],
-)
-def test_metadata_limits_change_nothing(api: Api, metadata: dict[str, str], fragment: str) -> None:
-    pipeline = pipeline_id(api)
-    api.pipelines.AddMetadata(
-        pipelines_pb2.PipelinesAddMetadataRequest(pipeline_id=pipeline, metadata={"keep": "me"})
-    )
-    response = api.pipelines.AddMetadata(
-        pipelines_pb2.PipelinesAddMetadataRequest(pipeline_id=pipeline, metadata=metadata)
-    )
-    assert_refused(response.header, ErrorCode.INVALID_PIPELINE_METADATA, fragment)
-    assert dict(list_pipelines(api)[0].metadata) == {"keep": "me"}
-    payload = api.payloads.Create(payloads_pb2.PayloadsCreateRequest(metadata=metadata))
-    assert_refused(payload.header, ErrorCode.INVALID_PAYLOAD_METADATA, fragment)
 
 
 def test_pipeline_dag_of_a_diamond_and_of_a_long_chain(api: Api) -> None:
@@ -303,3 +256,39 @@ def test_pipeline_dag_of_a_diamond_and_of_a_long_chain(api: Api) -> None:
     walk(details.dag, 1)
     assert {f"op{i}" for i in range(length)} <= set(seen)
     assert len(details.dag) == 3  # the root, then the two cut points continue at the top level
+
+
+@dataclasses.dataclass(frozen=True)
+class WarnedDefinition(PipelineDefinition):
+    """A definition with the parser's warnings (the parser does not make them yet)."""
+
+    warnings: tuple[str, ...] = ()
+
+
+def test_definition_warnings_are_answered_in_the_header(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    warnings = ("operator 'first', field 'colour': not a key of the language; ignored",)
+
+    def parse_with_warnings(text: str | bytes) -> PipelineDefinition:
+        parsed = parse_pipeline_definition(text)
+        fields = {f.name: getattr(parsed, f.name) for f in dataclasses.fields(parsed)}
+        return WarnedDefinition(**fields, warnings=warnings)
+
+    monkeypatch.setattr(_pipelines, "parse_pipeline_definition", parse_with_warnings)
+    created = create_pipeline(api)
+    assert (created.header.code, list(created.header.messages)) == (0, list(warnings))
+    updated = api.pipelines.Update(
+        iter(
+            [
+                pipelines_pb2.PipelinesUpdateRequest(
+                    pipeline_id=created.pipeline_id,
+                    definition=pipelines_pb2.PipelineDefinitionFile(content=TWO_STAGES),
+                )
+            ]
+        )
+    )
+    assert (updated.header.code, list(updated.header.messages)) == (0, list(warnings))
+    monkeypatch.undo()
+    plain = create_pipeline(api)
+    assert (plain.header.code, list(plain.header.messages)) == (0, [])

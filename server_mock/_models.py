@@ -1,0 +1,481 @@
+"""The model repository: inference models, and the catalogs and instances that list them.
+
+A model is uploaded as a zip archive ("Contents of Model as a compressed zip stream", Models
+UploadModel RPC, Clara Deploy SDK 0.7.4), usually of a Triton model directory. Each model
+lives in the workspace under ``<workspace>/models/<model-id>/``::
+
+    model.zip    the archive exactly as uploaded (what DownloadModel streams back)
+    files/       its content, extracted (what an operator that declares the model gets)
+
+A model's name is unique in the repository, compared case-insensitively (like Clara's other
+names); uploading a model with a name that exists replaces that model's content, type and
+metadata and keeps its id, so catalogs that list it keep listing it. Deleting a model removes
+it from every catalog and instance. A catalog and an instance are the same thing to the mock:
+a named (by id) set of models, which the real platform loads into an inference server.
+
+Archives are checked before anything is stored: a member that is absolute, climbs out with
+``..``, is a link or a device, or an archive larger than the limits when extracted, refuses
+the upload (``INVALID_MODEL``), and nothing is kept.
+
+For the platform (operator ``models:`` at ``Jobs.Start``), :meth:`ModelRepository.find`
+resolves a model by name::
+
+    files = state.models.find("segmentation_ct_spleen")   # Path of files/, or None
+
+Everything here runs on the mock's event-loop thread except :func:`extract_archive`, which
+callers run in a worker thread.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import shutil
+import stat
+import tempfile
+import time
+import uuid
+import zipfile
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import BinaryIO, Final
+
+from server_mock._errors import ApiError, ErrorCode
+
+__all__ = [
+    "MAX_MODEL_FILES",
+    "MAX_MODEL_FILES_BYTES",
+    "MAX_MODEL_NAME_CHARS",
+    "CatalogKind",
+    "CatalogRecord",
+    "ModelRecord",
+    "ModelRepository",
+    "ModelType",
+    "ModelUpload",
+    "check_model_name",
+    "extract_archive",
+]
+
+MAX_MODEL_NAME_CHARS: Final = 255
+"""Longest model name (it names a folder)."""
+
+MAX_MODEL_FILES: Final = 100_000
+"""Most members one model archive may have."""
+
+MAX_MODEL_FILES_BYTES: Final = 64 * 1024**3
+"""Largest extracted content of one model archive, in bytes."""
+
+_ARCHIVE = "model.zip"
+_FILES = "files"
+_COPY_CHUNK = 1024 * 1024
+
+
+class ModelType(enum.Enum):
+    """The inference framework a model was built for (the legacy ``ModelType``)."""
+
+    UNKNOWN = "unknown"
+    TENSOR_FLOW = "tensorflow"
+    TENSOR_RT = "tensorrt"
+    PY_TORCH = "pytorch"
+
+
+class CatalogKind(enum.Enum):
+    """A model catalog, or a catalog instance (an inference server's set of models)."""
+
+    CATALOG = "catalog"
+    INSTANCE = "instance"
+
+
+@dataclass(slots=True)
+class ModelRecord:
+    """One model of the repository (mutable; owned by the loop thread).
+
+    Attributes:
+        model_id: The model's id.
+        name: The model's name, unique (case-insensitively) in the repository.
+        type: The framework the model was built for.
+        root: The model's folder (``model.zip`` and ``files/``).
+        metadata: The model's metadata.
+        size: The size of the uploaded archive, in bytes.
+        created_at: When the model was first uploaded (Unix time).
+    """
+
+    model_id: uuid.UUID
+    name: str
+    type: ModelType
+    root: Path
+    metadata: dict[str, str] = field(default_factory=dict)
+    size: int = 0
+    created_at: float = field(default_factory=time.time)
+
+    @property
+    def archive(self) -> Path:
+        """The archive as uploaded."""
+        return self.root / _ARCHIVE
+
+    @property
+    def files(self) -> Path:
+        """The archive's content, extracted."""
+        return self.root / _FILES
+
+
+@dataclass(slots=True)
+class CatalogRecord:
+    """A catalog or a catalog instance: a set of models (mutable; owned by the loop thread).
+
+    Attributes:
+        catalog_id: The catalog's (or instance's) id.
+        kind: Catalog or instance.
+        model_ids: The models it lists, in the order they were given.
+        created_at: When it was created (Unix time).
+    """
+
+    catalog_id: uuid.UUID
+    kind: CatalogKind
+    model_ids: tuple[uuid.UUID, ...] = ()
+    created_at: float = field(default_factory=time.time)
+
+
+def check_model_name(name: str) -> None:
+    """Refuse a model name that cannot name a folder.
+
+    Raises:
+        ApiError: ``INVALID_MODEL``, naming the field and the value.
+    """
+    shown = repr(name if len(name) <= 64 else name[:61] + "...")
+    if not name:
+        raise ApiError(ErrorCode.INVALID_MODEL, "field details.name: a model needs a name")
+    if len(name) > MAX_MODEL_NAME_CHARS:
+        raise ApiError(
+            ErrorCode.INVALID_MODEL,
+            f"field details.name: model name {shown} is longer than {MAX_MODEL_NAME_CHARS}",
+        )
+    if name in (".", "..") or any(c in "/\\" or ord(c) < 0x20 or ord(c) == 0x7F for c in name):
+        raise ApiError(
+            ErrorCode.INVALID_MODEL,
+            f"field details.name: model name {shown} must not be '.' or '..' nor contain "
+            "'/', '\\' or control characters",
+        )
+
+
+def _bad_archive(why: str) -> ApiError:
+    return ApiError(ErrorCode.INVALID_MODEL, f"field data: the model is not a usable zip: {why}")
+
+
+def extract_archive(archive: Path, destination: Path) -> None:
+    """Check the zip ``archive`` and extract it into the new folder ``destination``.
+
+    Blocking: run it in a worker thread. On error ``destination`` is removed.
+
+    Raises:
+        ApiError: ``INVALID_MODEL``: not a zip, or a member is unsafe or too large.
+    """
+    if not zipfile.is_zipfile(archive):
+        raise _bad_archive("the data is not a zip archive (upload the model folder zipped)")
+    destination.mkdir(parents=True)
+    try:
+        with zipfile.ZipFile(archive) as zipped:
+            members = zipped.infolist()
+            if len(members) > MAX_MODEL_FILES:
+                raise _bad_archive(f"more than {MAX_MODEL_FILES} members")
+            budget = MAX_MODEL_FILES_BYTES
+            for member in members:
+                budget -= _extract_member(zipped, member, destination, budget)
+    except zipfile.BadZipFile as error:
+        shutil.rmtree(destination, ignore_errors=True)
+        raise _bad_archive(str(error)) from error
+    except BaseException:
+        shutil.rmtree(destination, ignore_errors=True)
+        raise
+
+
+def _extract_member(
+    zipped: zipfile.ZipFile, member: zipfile.ZipInfo, destination: Path, budget: int
+) -> int:
+    """Extract one member (checked); return the bytes written."""
+    name = member.filename
+    parts = PurePosixPath(name.replace("\\", "/")).parts
+    if name.startswith(("/", "\\")) or any(p in ("..", "") for p in parts):
+        raise _bad_archive(f"member {name!r} would be written outside the model's folder")
+    kind = stat.S_IFMT(member.external_attr >> 16)  # 0 when the archiver recorded no type
+    if kind not in (0, stat.S_IFREG, stat.S_IFDIR):
+        raise _bad_archive(f"member {name!r} is a link or a device, not a file")
+    target = destination.joinpath(*parts)
+    if member.is_dir():
+        target.mkdir(parents=True, exist_ok=True)
+        return 0
+    if member.file_size > budget:
+        raise _bad_archive(f"its content is larger than {MAX_MODEL_FILES_BYTES} bytes")
+    written = 0
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        out = open(target, "xb")  # noqa: SIM115 - closed below; "x": a repeated member fails
+    except (FileExistsError, NotADirectoryError, IsADirectoryError):
+        raise _bad_archive(f"member {name!r} clashes with another member") from None
+    with zipped.open(member) as source, out:
+        while chunk := source.read(_COPY_CHUNK):
+            written += len(chunk)
+            if written > budget:
+                raise _bad_archive(f"its content is larger than {MAX_MODEL_FILES_BYTES} bytes")
+            out.write(chunk)
+    return written
+
+
+class ModelUpload:
+    """One model being uploaded: chunks go to a temporary file until the last one.
+
+    Create with :meth:`ModelRepository.begin_upload`; end with :meth:`ModelRepository.commit`
+    or :meth:`abort` (always call :meth:`abort` last; it is idempotent).
+
+    Attributes:
+        name: The model's name.
+        size: Bytes received so far.
+    """
+
+    def __init__(self, name: str, temp_dir: Path) -> None:
+        self.name = name
+        temp_dir.mkdir(parents=True, exist_ok=True)
+        self.folder = Path(tempfile.mkdtemp(dir=temp_dir, prefix="model-"))
+        self.archive = self.folder / _ARCHIVE
+        self._file: BinaryIO | None = open(self.archive, "wb")  # noqa: SIM115 - closed in close()
+        self.size = 0
+
+    def write(self, data: bytes) -> None:
+        """Append a chunk."""
+        if self._file is None:
+            raise RuntimeError("the upload has ended")
+        self._file.write(data)
+        self.size += len(data)
+
+    def close(self) -> None:
+        """Finish writing the archive (before it is extracted)."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def abort(self) -> None:
+        """Drop whatever the upload left in its temporary folder (idempotent)."""
+        self.close()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+class ModelRepository:
+    """Every model, catalog and instance, by id; models' files under ``root``.
+
+    ``on_model_saved``/``on_model_removed`` and ``on_catalog_saved``/``on_catalog_removed``
+    (by id), when set, are called after each change, before the caller gets control back: the
+    persistence hooks. If one raises, the change is undone and the error propagates.
+
+    Args:
+        root: The folder holding one sub-folder per model (``<workspace>/models``).
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._models: dict[uuid.UUID, ModelRecord] = {}
+        self._catalogs: dict[uuid.UUID, CatalogRecord] = {}
+        self.on_model_saved: Callable[[ModelRecord], None] | None = None
+        self.on_model_removed: Callable[[uuid.UUID], None] | None = None
+        self.on_catalog_saved: Callable[[CatalogRecord], None] | None = None
+        self.on_catalog_removed: Callable[[uuid.UUID], None] | None = None
+
+    @property
+    def _temp_dir(self) -> Path:
+        # Beside the model folders (same file system, so the final rename is atomic); the
+        # name is not a model id, so it never clashes with one.
+        return self.root / ".uploads"
+
+    # -- the platform's view ----------------------------------------------------------------
+
+    def find(self, name: str) -> Path | None:
+        """The folder of the model called ``name`` (case-insensitively), or ``None``.
+
+        The folder holds the model's archive extracted (typically a Triton model directory).
+        """
+        record = self.named(name)
+        return None if record is None else record.files
+
+    def named(self, name: str) -> ModelRecord | None:
+        """The model called ``name`` (case-insensitively), or ``None``."""
+        wanted = name.lower()
+        return next((m for m in self._models.values() if m.name.lower() == wanted), None)
+
+    # -- models -----------------------------------------------------------------------------
+
+    def restore_model(self, record: ModelRecord) -> None:
+        """Put back a model loaded from saved state (no hook is called)."""
+        self._models[record.model_id] = record
+
+    def get(self, model_id: uuid.UUID) -> ModelRecord:
+        """Return the model with this id.
+
+        Raises:
+            ApiError: No such model (``MODEL_NOT_FOUND``).
+        """
+        try:
+            return self._models[model_id]
+        except KeyError:
+            raise ApiError(ErrorCode.MODEL_NOT_FOUND, f"model {model_id.hex} not found") from None
+
+    def all(self) -> list[ModelRecord]:
+        """Every model, oldest first."""
+        return list(self._models.values())
+
+    def begin_upload(self, name: str) -> ModelUpload:
+        """Start receiving the archive of the model ``name``.
+
+        Raises:
+            ApiError: ``INVALID_MODEL``: the name is not usable.
+        """
+        check_model_name(name)
+        return ModelUpload(name, self._temp_dir)
+
+    def commit(
+        self, upload: ModelUpload, model_type: ModelType, metadata: Mapping[str, str]
+    ) -> ModelRecord:
+        """Store an upload whose archive was extracted into ``upload.folder / "files"``.
+
+        A model with the same name (case-insensitively) is replaced and keeps its id.
+
+        Raises:
+            OSError: Moving the files into place failed (nothing changed).
+        """
+        existing = self.named(upload.name)
+        model_id = existing.model_id if existing is not None else uuid.uuid4()
+        root = self.root / model_id.hex
+        self.root.mkdir(parents=True, exist_ok=True)
+        previous = self._temp_dir / f"replaced-{uuid.uuid4().hex}"
+        if root.exists():
+            os.replace(root, previous)
+        try:
+            os.replace(upload.folder, root)
+        except BaseException:
+            if previous.exists():
+                os.replace(previous, root)
+            raise
+        record = ModelRecord(
+            model_id=model_id,
+            name=upload.name,
+            type=model_type,
+            root=root,
+            metadata=dict(metadata),
+            size=upload.size,
+            created_at=existing.created_at if existing is not None else time.time(),
+        )
+        self._models[model_id] = record
+        try:
+            if self.on_model_saved is not None:
+                self.on_model_saved(record)
+        except BaseException:
+            if existing is not None:
+                self._models[model_id] = existing
+            else:
+                del self._models[model_id]
+            os.replace(root, upload.folder)  # upload.abort() removes it
+            if previous.exists():
+                os.replace(previous, root)
+            raise
+        shutil.rmtree(previous, ignore_errors=True)
+        return record
+
+    def set_metadata(self, record: ModelRecord, metadata: dict[str, str]) -> None:
+        """Replace a model's metadata and save it before the caller acknowledges.
+
+        If saving fails, the old metadata is put back and the error propagates.
+        """
+        before, record.metadata = record.metadata, metadata
+        if self.on_model_saved is not None:
+            try:
+                self.on_model_saved(record)
+            except BaseException:
+                record.metadata = before
+                raise
+
+    def delete(self, model_id: uuid.UUID) -> ModelRecord:
+        """Forget a model, remove its files, and drop it from every catalog and instance.
+
+        Raises:
+            ApiError: No such model.
+        """
+        record = self.get(model_id)
+        listing = [c for c in self._catalogs.values() if model_id in c.model_ids]
+        for catalog in listing:
+            self.set_models(catalog, tuple(m for m in catalog.model_ids if m != model_id))
+        if self.on_model_removed is not None:
+            self.on_model_removed(model_id)
+        del self._models[model_id]
+        shutil.rmtree(record.root, ignore_errors=True)
+        return record
+
+    # -- catalogs and instances -------------------------------------------------------------
+
+    def restore_catalog(self, record: CatalogRecord) -> None:
+        """Put back a catalog or instance loaded from saved state (no hook is called)."""
+        self._catalogs[record.catalog_id] = record
+
+    def create_catalog(self, kind: CatalogKind) -> CatalogRecord:
+        """Create an empty catalog or instance."""
+        record = CatalogRecord(catalog_id=uuid.uuid4(), kind=kind)
+        self._catalogs[record.catalog_id] = record
+        if self.on_catalog_saved is not None:
+            try:
+                self.on_catalog_saved(record)
+            except BaseException:
+                del self._catalogs[record.catalog_id]
+                raise
+        return record
+
+    def catalog(self, kind: CatalogKind, catalog_id: uuid.UUID) -> CatalogRecord:
+        """Return the catalog (or instance) with this id.
+
+        Raises:
+            ApiError: No such catalog (``CATALOG_NOT_FOUND``) or instance
+                (``INSTANCE_NOT_FOUND``).
+        """
+        record = self._catalogs.get(catalog_id)
+        if record is None or record.kind is not kind:
+            code = (
+                ErrorCode.CATALOG_NOT_FOUND
+                if kind is CatalogKind.CATALOG
+                else ErrorCode.INSTANCE_NOT_FOUND
+            )
+            raise ApiError(code, f"{kind.value} {catalog_id.hex} not found")
+        return record
+
+    def catalogs(self, kind: CatalogKind) -> list[CatalogRecord]:
+        """Every catalog (or instance), oldest first."""
+        return [c for c in self._catalogs.values() if c.kind is kind]
+
+    def models_of(self, record: CatalogRecord) -> list[ModelRecord]:
+        """The models a catalog lists, in its order."""
+        return [self._models[m] for m in record.model_ids if m in self._models]
+
+    def set_models(self, record: CatalogRecord, model_ids: Iterable[uuid.UUID]) -> None:
+        """Replace the models a catalog (or instance) lists.
+
+        Raises:
+            ApiError: A model is unknown (``MODEL_NOT_FOUND``); nothing changes.
+        """
+        wanted = tuple(dict.fromkeys(model_ids))  # in order, without repeats
+        for model_id in wanted:
+            self.get(model_id)
+        before, record.model_ids = record.model_ids, wanted
+        if self.on_catalog_saved is not None:
+            try:
+                self.on_catalog_saved(record)
+            except BaseException:
+                record.model_ids = before
+                raise
+
+    def delete_catalog(self, kind: CatalogKind, catalog_id: uuid.UUID) -> CatalogRecord:
+        """Forget a catalog (or instance); the models it lists are kept.
+
+        Raises:
+            ApiError: No such catalog or instance.
+        """
+        record = self.catalog(kind, catalog_id)
+        if self.on_catalog_removed is not None:
+            self.on_catalog_removed(catalog_id)
+        del self._catalogs[catalog_id]
+        return record
