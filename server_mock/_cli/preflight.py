@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from server_mock._cli.common import UsageError
-from server_mock._pipeline_definition import PipelineDefinition
+from server_mock._definition import PipelineDefinition
 from server_mock._runner import LocalProcessLauncher
 
 __all__ = ["check_operator_commands", "check_output_folder"]

@@ -40,12 +40,12 @@ from server_mock._cli.progress import (
 )
 from server_mock._cli.runner_args import launcher_from_args
 from server_mock._cli.signals import Interrupted, InterruptHandler
-from server_mock._jobs import JobState
-from server_mock._pipeline_definition import (
+from server_mock._definition import (
     PipelineDefinition,
     PipelineDefinitionError,
     parse_pipeline_definition,
 )
+from server_mock._jobs import JobState
 from server_mock._platform import JobSnapshot, MockPlatform, PipelineJob
 from server_mock._runner import LocalProcessLauncher
 

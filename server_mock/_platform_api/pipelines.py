@@ -7,8 +7,8 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import ClassVar
 
+from server_mock._definition import MAX_DEFINITION_BYTES, PipelineDefinition
 from server_mock._errors import ApiError, ErrorCode
-from server_mock._pipeline_definition import MAX_DEFINITION_BYTES, PipelineDefinition
 from server_mock._pipelines import DEFAULT_DEFINITION_PATH
 from server_mock._platform_api.convert import identifier, parse_identifier, show
 from server_mock._platform_api.limits import (

@@ -29,7 +29,7 @@ import pytest
 import yaml
 from pydicom.uid import MRImageStorage, SegmentationStorage
 
-from server_mock._pipeline_definition import parse_pipeline_definition
+from server_mock._definition import parse_pipeline_definition
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "dicom_segmentation"

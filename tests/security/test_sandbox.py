@@ -86,7 +86,7 @@ def test_an_operator_reads_and_writes_its_declared_paths_directly(sandboxed: Pla
     )
     run = sandboxed.run(pipeline(first + second), {"in.txt": "hello\n"})
     assert run.job.state is JobState.SUCCEEDED, (run.job.message, run.logs)
-    assert (run.output("first") / "a.txt").read_text() == "HELLO\n"
+    assert (run.output("first", "data") / "a.txt").read_text() == "HELLO\n"
     assert (run.output("second") / "both.txt").read_text() == "hello\nHELLO\n"
 
 

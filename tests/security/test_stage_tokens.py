@@ -17,7 +17,7 @@ from clara.stage_api import stage_service_pb2 as pb
 from clara.stage_api import stage_service_pb2_grpc as pb_grpc
 from server_mock import InputRef, JobSnapshot, MockPlatform, StageSpec, StageState
 from server_mock._auth import AuthResult, StageTokens, token_from_metadata
-from server_mock._pipeline_definition import parse_pipeline_definition
+from server_mock._definition import parse_pipeline_definition
 from server_mock._runner import LocalProcessLauncher
 from server_mock._workspace import JobLayout
 

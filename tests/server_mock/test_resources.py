@@ -11,8 +11,7 @@ from _launch import driver_operator, pipeline, platform
 
 from server_mock import JobState, StageState
 from server_mock._client import PlatformApiError
-from server_mock._definition import PipelineDefinitionError
-from server_mock._pipeline_definition import parse_pipeline_definition
+from server_mock._definition import PipelineDefinitionError, parse_pipeline_definition
 from server_mock._resources import ResourceLimits, parse_requests
 from server_mock._sandbox import bwrap_problem
 

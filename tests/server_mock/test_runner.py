@@ -12,7 +12,7 @@ import pytest
 
 from server_mock import JobState, MockPlatform, StageState
 from server_mock._client import PlatformClient
-from server_mock._pipeline_definition import parse_pipeline_definition
+from server_mock._definition import parse_pipeline_definition
 from server_mock._runner import (
     LocalProcessLauncher,
     OperatorMapError,

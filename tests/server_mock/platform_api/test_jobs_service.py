@@ -33,9 +33,9 @@ from _api import (
 
 import clara
 from server_mock import MockPlatform, StageSpec, StageState
+from server_mock._definition import PipelineDefinition
 from server_mock._errors import ErrorCode
 from server_mock._jobs import Job, StageOutcome
-from server_mock._pipeline_definition import PipelineDefinition
 from server_mock._platform_api.convert import SECONDS_TO_UNIX_EPOCH
 from server_mock._platform_api.limits import LOG_LINES_PER_MESSAGE
 from server_mock._proto.nvidia.clara.platform import (

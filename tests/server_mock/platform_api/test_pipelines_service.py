@@ -21,8 +21,8 @@ from _api import (
 )
 
 from server_mock import MockPlatform, _pipelines
+from server_mock._definition import PipelineDefinition, parse_pipeline_definition
 from server_mock._errors import ErrorCode
-from server_mock._pipeline_definition import PipelineDefinition, parse_pipeline_definition
 from server_mock._platform_api.limits import MAX_DAG_DEPTH
 from server_mock._proto.nvidia.clara.platform import (
     jobs_pb2,
