@@ -127,7 +127,7 @@ class _DefinitionRequest:
 
 def _warnings(definition: PipelineDefinition) -> list[str]:
     """What the parser accepted with a warning (extra keys the language does not define)."""
-    return list(getattr(definition, "warnings", ()))
+    return list(definition.warnings)
 
 
 class PipelinesService(pipelines_pb2_grpc.PipelinesServicer):

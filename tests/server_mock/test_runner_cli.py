@@ -74,7 +74,7 @@ def test_without_bwrap_run_falls_back_to_plain_processes_with_a_one_line_warning
     assert len(warnings) == 1, done.stderr
     assert "not in a sandbox" in warnings[0] and "bubblewrap" in warnings[0]
     assert "other jobs' folders" in warnings[0] and "share /tmp" in warnings[0]
-    assert (tmp_path / "out" / "only" / "output" / "ok.txt").read_text() == "ok"
+    assert (tmp_path / "out" / "only" / "ok.txt").read_text() == "ok"
 
 
 def test_runner_sandbox_without_bwrap_is_a_usage_error(tmp_path: Path) -> None:
@@ -106,7 +106,7 @@ def test_the_process_runner_runs_a_definitions_own_code_only_when_allowed(
     flags = ("--runner", "process", "--allow-definition-commands")
     allowed = clara_mock(tmp_path, *run_args(tmp_path, pipeline, *flags))
     assert allowed.returncode == 0, allowed.stderr
-    assert (tmp_path / "out" / "only" / "output" / "ok.txt").read_text() == "ok"
+    assert (tmp_path / "out" / "only" / "ok.txt").read_text() == "ok"
 
 
 @pytest.mark.parametrize(

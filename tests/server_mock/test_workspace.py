@@ -46,7 +46,7 @@ def test_fan_in_inputs_read_each_upstream_operators_only_output(tmp_path: Path) 
             declared_path="/in/mask",
         ),
         InputRef(
-            path=str(tmp_path / "operators" / "reader" / "output"),
+            path=str(tmp_path / "operators" / "reader"),
             from_stage="reader",
             from_output="",
             name="",
