@@ -135,8 +135,8 @@ def test_the_guide_runs_as_written(tmp_path: Path) -> None:
     assert cwd == folder
     text = "\n".join(transcript)
     assert (folder / "out" / "count.txt").read_text() == "3\n"  # standalone: empty file too
-    assert (folder / "results" / "count-files" / "output" / "count.txt").read_text() == "3\n"
+    assert (folder / "results" / "count-files" / "count.txt").read_text() == "3\n"
     assert "counted 3 file(s)" in (folder / "results" / "logs" / "count-files.log").read_text()
     assert "3 passed" in text  # the guide's tests
-    assert (folder / "served-results" / "count-files" / "output" / "count.txt").read_text() == "3\n"
+    assert (folder / "served-results" / "count-files" / "count.txt").read_text() == "3\n"
     assert "STOPPED HEALTHY: count-files COMPLETED" in text

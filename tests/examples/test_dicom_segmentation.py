@@ -823,12 +823,12 @@ def test_clara_mock_run_on_the_committed_input(
     assert result.returncode == 0, result.stdout + result.stderr
     for stage in STAGES:
         assert f"] {stage}: succeeded" in result.stdout
-    check_seg(ex, output / "seg-writer" / "output" / "seg.dcm", committed, INPUT)
-    statistics = json.loads((output / "statistics" / "output" / "statistics.json").read_text())
+    check_seg(ex, output / "seg-writer" / "seg" / "seg.dcm", committed, INPUT)
+    statistics = json.loads((output / "statistics" / "statistics" / "statistics.json").read_text())
     check_volumes(ex, committed, statistics)
-    report = json.loads((output / "report" / "output" / "report.json").read_text())
+    report = json.loads((output / "report" / "report.json").read_text())
     assert [c["voxels"] for c in report["components"]] == [1704, 780, 216]
-    markdown = (output / "report" / "output" / "report.md").read_text()
+    markdown = (output / "report" / "report.md").read_text()
     assert markdown.startswith("# Synthetic CT phantom: segmentation report\n")
     assert "| 1 | dense region 1 | 1704 | 2181.1 |" in markdown
 
@@ -853,8 +853,10 @@ def test_pipeline_runner_on_a_shuffled_signed_anisotropic_series(
     run = clara_pipeline_runner(EXAMPLE / "pipeline.yaml", tmp_path / "input")
 
     assert run.succeeded, run.describe()
-    check_seg(ex, run.output("seg-writer") / "seg.dcm", phantom, tmp_path / "input")
-    statistics = json.loads((run.output("statistics") / "statistics.json").read_text())
+    check_seg(ex, run.output("seg-writer", "seg") / "seg.dcm", phantom, tmp_path / "input")
+    statistics = json.loads(
+        (run.output("statistics", "statistics") / "statistics.json").read_text()
+    )
     check_volumes(ex, phantom, statistics)
     assert (run.output("report") / "report.md").is_file()
 

@@ -31,7 +31,7 @@ def test_an_nvidia_style_pipeline_succeeds_and_its_outputs_land_in_the_job_paylo
     assert run.succeeded, run.describe()
     assert run.status.state == "STOPPED" and run.status.status == "HEALTHY"
     assert run.exit_codes == {"check-files": 0, "count-files": 0}
-    checked = run.output("check-files")
+    checked = run.output("check-files", "checked")
     assert sorted(p.name for p in checked.iterdir()) == ["a.dcm", "b.dcm"]
     assert (checked / "b.dcm").read_bytes() == b"second"
     seen = json.loads((run.output("count-files") / "seen.json").read_text())
@@ -69,5 +69,5 @@ def test_the_same_operator_raising_faults_the_job(
     message = run.job.stages["check-files"].message
     assert "execute raised Exception: 1 unreadable file(s): scan.bad" in message
     # It still copied what it could before raising, and the stage's log says why it failed.
-    assert (run.output("check-files") / "a.dcm").read_bytes() == b"first"
+    assert (run.output("check-files", "checked") / "a.dcm").read_bytes() == b"first"
     assert "unreadable file(s): scan.bad" in run.log("check-files")

@@ -239,7 +239,7 @@ def test_other_jobs_folders_and_the_state_file_are_not_visible_inside(tmp_path: 
             checks = [
                 str(first_root),
                 str(first_root / "input" / "data.txt"),
-                str(first_root / "operators" / "only" / "output" / "seen.json"),
+                str(first_root / "operators" / "only" / "seen.json"),
                 str(state),
                 str(ROOT / "pyproject.toml"),
                 str(payloads),
@@ -248,7 +248,7 @@ def test_other_jobs_folders_and_the_state_file_are_not_visible_inside(tmp_path: 
             second = start_seen_job(client, tmp_path, payload_id, checks, done.address)
             assert done.accept()[1] == "done"
             second_root = payloads / client.job_status(second).payload_id.hex
-        seen = json.loads((second_root / "operators" / "only" / "output" / "seen.json").read_text())
+        seen = json.loads((second_root / "operators" / "only" / "seen.json").read_text())
     finally:
         process.terminate()
         process.wait(WAIT)

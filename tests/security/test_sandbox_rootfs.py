@@ -171,7 +171,7 @@ def test_an_operator_runs_inside_its_image_root(tmp_path: Path) -> None:
     )
     logs = "\n".join(p.read_text() for p in (tmp_path / "ws").rglob("inside.log"))
     assert done.returncode == 0, (done.stdout, done.stderr, logs)
-    seen = json.loads((tmp_path / "out" / "inside" / "output" / "seen.json").read_text())
+    seen = json.loads((tmp_path / "out" / "inside" / "seen.json").read_text())
     assert seen == {
         "release": "test image 1\n",
         "host_shell": False,

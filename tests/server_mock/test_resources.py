@@ -146,8 +146,7 @@ def test_an_operator_within_its_requests_runs_on_its_cpus_and_gpus(
         run = running.run(pipeline(operators))
     assert run.job.state is JobState.SUCCEEDED, (run.job.message, run.logs)
     seen = {
-        name: json.loads((run.output(name) / "seen.json").read_text())
-        for name in run.job.stages
+        name: json.loads((run.output(name) / "seen.json").read_text()) for name in run.job.stages
     }
     available = sorted(os.sched_getaffinity(0))
     assert len(seen["one"]["cpus"]) == 1 and len(seen["other"]["cpus"]) == 1
