@@ -33,6 +33,7 @@ import grpc
 import clara
 from clara.stage_api import stage_service_pb2_grpc as stage_grpc
 from server_mock import MockPlatform
+from server_mock._platform import SERVER_OPTIONS
 from server_mock._stage_service import StageService
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -379,7 +380,7 @@ def faulty_stage_server(platform: MockPlatform, faults: StageFaults) -> Iterator
     """A second stage API server over ``platform``'s jobs, with ``faults``; yields its address."""
 
     async def start() -> tuple[grpc.aio.Server, int]:
-        server = grpc.aio.server(interceptors=[faults])
+        server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[faults])
         stage_grpc.add_StageServiceServicer_to_server(StageService(platform.jobs), server)
         port = server.add_insecure_port("127.0.0.1:0")
         await server.start()
