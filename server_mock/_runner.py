@@ -14,7 +14,8 @@ gives an operator, built by :func:`server_mock._operator_env.operator_environmen
 and stderr go to the job's ``logs/<operator>.log`` (served by Jobs.ReadLogs).
 
 The platform side of the life-cycle is enforced here: a process that exits without its
-stage having reported an outcome fails the stage; a stage still running ``timeout_grace``
+stage having reported an outcome fails the stage, unless its driver left the outcome in its
+outbox (:mod:`server_mock._outbox`), which is then applied; a stage still running ``timeout_grace``
 after its timeout (counted from inputs ready) is timed out and its process stopped; a
 process still alive ``exit_grace`` after its stage ended (cancelled, failed upstream) is
 sent SIGTERM, then SIGKILL after ``kill_grace``.
@@ -37,6 +38,7 @@ import yaml
 
 from server_mock._jobs import Job, Stage, StageState
 from server_mock._operator_env import operator_environment
+from server_mock._outbox import apply_outbox
 from server_mock._pipeline_definition import OperatorSpec, PipelineDefinition
 from server_mock._workspace import JobLayout
 
@@ -182,6 +184,7 @@ class LocalProcessLauncher:
             job.stage(operator.name).spec,
             logs_dir=layout.logs_dir,
             publishing_dir=layout.publishing_dir(operator.name),
+            outbox_dir=layout.outbox_dir(operator.name),
             stage_service=self._platform_address(),
             inherited=os.environ,
             extra=self._extra_env,
@@ -221,7 +224,13 @@ class LocalProcessLauncher:
                 shlex.join(commands[operator.name]),
             )
             task = asyncio.create_task(
-                self._supervise(job, job.stage(operator.name), process, log_path),
+                self._supervise(
+                    job,
+                    job.stage(operator.name),
+                    process,
+                    log_path,
+                    layout.outbox_dir(operator.name),
+                ),
                 name=f"supervise-{operator.name}",
             )
             self._tasks.add(task)
@@ -243,7 +252,12 @@ class LocalProcessLauncher:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _supervise(
-        self, job: Job, stage: Stage, process: asyncio.subprocess.Process, log_path: Path
+        self,
+        job: Job,
+        stage: Stage,
+        process: asyncio.subprocess.Process,
+        log_path: Path,
+        outbox_dir: Path,
     ) -> None:
         loop = asyncio.get_running_loop()
         name = stage.spec.name
@@ -289,13 +303,15 @@ class LocalProcessLauncher:
         code = exited.result()
         self.exit_codes[(str(job.job_id), name)] = code
         _log.info("job %s: %s exited with code %d", job.job_id, name, code)
-        if not stage.state.terminal:
+        # An outcome the driver wrote to its outbox but could not report over gRPC.
+        outbox = apply_outbox(job, name, outbox_dir) if not stage.state.terminal else None
+        if outbox is not None and not outbox.applied:
             reason = f"signal {-code}" if code < 0 else f"code {code}"
             job.fail_stage(
                 name,
                 StageState.FAILED,
-                f"operator process exited with {reason} before reporting an outcome "
-                f"(see {log_path})",
+                f"operator process exited with {reason} before reporting an outcome"
+                f"{outbox.note} (see {log_path})",
             )
 
 

@@ -413,10 +413,18 @@ def launch_operator(
     return operator
 
 
-def pipeline_yaml(control: str, operators: list[tuple[str, str | None, str]]) -> str:
-    """A pipeline of reliability operators: ``(name, upstream or None, mode)`` each."""
+def pipeline_yaml(
+    control: str,
+    operators: list[tuple[str, str | None, str]],
+    variables: dict[str, dict[str, str]] | None = None,
+) -> str:
+    """A pipeline of reliability operators: ``(name, upstream or None, mode)`` each.
+
+    ``variables`` adds variables per operator name (they override the platform's own).
+    """
     lines = ["api-version: 0.4.0", "name: reliability", "operators:"]
     for name, upstream, mode in operators:
+        extra = [f'    {key}: "{value}"' for key, value in (variables or {}).get(name, {}).items()]
         lines += [
             f"- name: {name}",
             "  container:",
@@ -426,6 +434,7 @@ def pipeline_yaml(control: str, operators: list[tuple[str, str | None, str]]) ->
             "  variables:",
             f'    RELIABILITY_CONTROL: "{control}"',
             f"    RELIABILITY_MODE: {mode}",
+            *extra,
             "  input:",
             *([f"  - from: {upstream}", "    path: /input"] if upstream else ["  - path: /input"]),
             "  output:",

@@ -1,0 +1,136 @@
+"""The life-cycle's last step: report the stage's outcome, once, however the network behaves.
+
+One report id per life-cycle, sent on every ``CompleteStage`` attempt, so that the platform
+applies it at most once. Each attempt has its own deadline, ``min(rpc timeout, time left)``;
+an attempt that fails UNAVAILABLE or past that deadline is retried on a fresh connection (the
+link retires the channel, :mod:`clara._grpc_link`), until the report budget is spent.
+
+Before the first attempt, when the platform gave the stage an outbox (``NVIDIA_CLARA_OUTBOX``),
+the outcome is written there durably (:mod:`clara._outbox`); it is removed once the platform
+acknowledged the report, and otherwise left for the platform to apply when the process ends.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+
+from clara._config import DriverConfig
+from clara._exceptions import PlatformError
+from clara._notifications import NotificationKind
+from clara._notifier import Notifier
+from clara._result import StageResult
+from clara._retry import IDEMPOTENT_RETRYABLE, call_with_retry
+from clara._stage_link import StageLink
+
+__all__ = ["report_outcome"]
+
+_log = logging.getLogger("clara")
+
+
+def report_outcome(  # noqa: PLR0917 - private; every collaborator is needed
+    link: StageLink,
+    result: StageResult,
+    config: DriverConfig,
+    interrupted: threading.Event,
+    notifier: Notifier,
+    log_fields: Mapping[str, str],
+) -> StageResult:
+    """Report ``result`` until acknowledged or the report budget is spent; return the result.
+
+    Args:
+        link: The stage link to report over.
+        result: The stage's outcome.
+        config: The driver's settings (timeouts, retry policy, outbox).
+        interrupted: Set by a local cancellation (SIGTERM): the budget is the grace period.
+        notifier: Where retries, the acknowledgement and a failure are told.
+        log_fields: The fields every log record carries.
+
+    Returns:
+        ``result``, marked ``reported`` once the platform acknowledged it; when it never did,
+        with the last platform error.
+    """
+    report_id = uuid.uuid4().hex
+    timeouts = config.timeouts
+    # A process asked to stop (SIGTERM) still reports, but only within the grace period.
+    budget = timeouts.grace if interrupted.is_set() else timeouts.report
+    deadline = time.monotonic() + budget.total_seconds()
+    rpc_timeout = timeouts.rpc.total_seconds()
+    outbox = _write_outbox(config, report_id, result, log_fields)
+    try:
+        # The one retry mechanism of CompleteStage (the channel has no gRPC retry policy):
+        # the same report id on every attempt, so the platform applies it at most once.
+        state, applied = call_with_retry(
+            lambda left: link.complete(
+                report_id, result.outcome, result.message, min(left, rpc_timeout)
+            ),
+            policy=config.retry,
+            deadline=deadline,
+            stop=threading.Event(),  # reporting is never abandoned early
+            on_retry=notifier.retry_reporter("CompleteStage"),
+            retry_on=IDEMPOTENT_RETRYABLE,
+        )
+    except PlatformError as error:
+        message = f"could not report outcome {result.outcome.value}: {error}"
+        if outbox is not None:
+            message += f"; it waits in the outbox {outbox}"
+        notifier.emit(NotificationKind.ERROR, message, error)
+        return StageResult(result.outcome, result.message, result.error or error)
+    if outbox is not None:
+        _remove_outbox(outbox, log_fields)
+    if applied:
+        message = f"{result.outcome.value} -> {state}"
+    else:
+        message = f"{result.outcome.value} acknowledged, but the stage was already {state}"
+    notifier.emit(NotificationKind.OUTCOME_REPORTED, message)
+    return StageResult(result.outcome, result.message, result.error, reported=True)
+
+
+def _write_outbox(
+    config: DriverConfig, report_id: str, result: StageResult, log_fields: Mapping[str, str]
+) -> Path | None:
+    """Write the outcome to the stage's outbox, if it has one; return the outbox folder.
+
+    A record that cannot be written is logged: the report still goes over gRPC.
+    """
+    if config.outbox is None:
+        return None
+    # Imported here: only a driver with an outbox pays for loading json.
+    from clara._outbox import outbox_record, write_record  # noqa: PLC0415
+
+    record = outbox_record(
+        job_id=config.job_id,
+        stage_name=config.stage_name,
+        report_id=report_id,
+        outcome=result.outcome,
+        message=result.message,
+    )
+    try:
+        write_record(config.outbox, record)
+    except OSError as error:
+        _log.warning(
+            "could not write the outcome to the outbox %s (%s): it is reported over gRPC only",
+            config.outbox,
+            error,
+            extra=log_fields,
+        )
+        return None
+    return config.outbox
+
+
+def _remove_outbox(folder: Path, log_fields: Mapping[str, str]) -> None:
+    from clara._outbox import remove_record  # noqa: PLC0415
+
+    try:
+        remove_record(folder)
+    except OSError as error:  # harmless: the platform would apply it again, to no effect
+        _log.warning(
+            "could not remove the acknowledged outcome from the outbox %s: %s",
+            folder,
+            error,
+            extra=log_fields,
+        )
