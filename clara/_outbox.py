@@ -6,6 +6,12 @@ platform acknowledged the report. A record still there when the operator process
 outcome the platform never received over gRPC: the platform applies it itself, by its report
 id, so it is applied at most once whichever way it arrives (docs/contract.md, "The outbox").
 
+The write overlaps the first attempt (:class:`PendingRecord`, on a reused daemon thread): its
+two fsyncs cost more than a round trip on a local disk, and a report that is acknowledged
+at once needs no record. The record is durable within milliseconds of the first attempt,
+long before a report budget (seconds) runs out, and before the life-cycle ends when the
+report was not acknowledged; interpreter exit waits for the write.
+
 The write is atomic and durable: the record goes to a temporary file in the same folder, which
 is flushed and fsynced, renamed over the record (an atomic replace on POSIX), and then the
 folder is fsynced so that the rename itself survives a power cut. A crash at any moment leaves
@@ -17,15 +23,21 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
+import threading
 import time
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 
 from clara._result import StageOutcome
+from clara._threads import run_in_thread
 from clara.contract import OUTBOX_RECORD_NAME, OUTBOX_SCHEMA_VERSION
 
-__all__ = ["outbox_record", "remove_record", "write_record"]
+__all__ = ["PendingRecord", "outbox_record", "remove_record", "write_record"]
+
+_log = logging.getLogger("clara")
 
 TEMPORARY_SUFFIX = ".tmp"
 
@@ -97,3 +109,73 @@ def _fsync_folder(folder: Path) -> None:
         os.fsync(descriptor)
     finally:
         os.close(descriptor)
+
+
+class PendingRecord:
+    """An outcome record being written to an outbox on a thread of its own.
+
+    Call :meth:`acknowledged` once the platform answered the report: the record is removed
+    as soon as it is written (at once if it already is). Otherwise :meth:`wait` for it to be
+    durable before the life-cycle ends.
+
+    Args:
+        folder: The outbox folder.
+        record: The record (:func:`outbox_record`).
+        log_fields: The fields every log record carries.
+    """
+
+    def __init__(
+        self, folder: Path, record: dict[str, object], log_fields: Mapping[str, str]
+    ) -> None:
+        self.folder = folder
+        self._record = record
+        self._log_fields = log_fields
+        self._lock = threading.Lock()
+        self._finished = threading.Event()
+        self._written = False
+        self._acknowledged = False
+        self.error: OSError | None = None
+        # Interpreter exit waits for it: an operator that returns from main at once after an
+        # unacknowledged report still leaves a durable record.
+        run_in_thread(self._write, "clara-outbox", hold_exit=True)
+
+    def _write(self) -> None:
+        try:
+            write_record(self.folder, self._record)
+        except OSError as error:
+            self.error = error
+            _log.warning(
+                "could not write the outcome to the outbox %s (%s): it is reported over gRPC only",
+                self.folder,
+                error,
+                extra=self._log_fields,
+            )
+        with self._lock:
+            self._written = self.error is None
+            remove = self._written and self._acknowledged
+        if remove:
+            self._remove()
+        self._finished.set()
+
+    def acknowledged(self) -> None:
+        """The platform answered the report: the record is not needed (removed once written)."""
+        with self._lock:
+            self._acknowledged = True
+            remove = self._written
+        if remove:
+            self._remove()
+
+    def wait(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the write; return True if the record is durable."""
+        return self._finished.wait(timeout) and self.error is None
+
+    def _remove(self) -> None:
+        try:
+            remove_record(self.folder)
+        except OSError as error:  # harmless: the platform would apply it again, to no effect
+            _log.warning(
+                "could not remove the acknowledged outcome from the outbox %s: %s",
+                self.folder,
+                error,
+                extra=self._log_fields,
+            )

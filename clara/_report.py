@@ -5,9 +5,10 @@ applies it at most once. Each attempt has its own deadline, ``min(rpc timeout, t
 an attempt that fails UNAVAILABLE or past that deadline is retried on a fresh connection (the
 link retires the channel, :mod:`clara._grpc_link`), until the report budget is spent.
 
-Before the first attempt, when the platform gave the stage an outbox (``NVIDIA_CLARA_OUTBOX``),
-the outcome is written there durably (:mod:`clara._outbox`); it is removed once the platform
-acknowledged the report, and otherwise left for the platform to apply when the process ends.
+When the platform gave the stage an outbox (``NVIDIA_CLARA_OUTBOX``), the outcome is written
+there durably (:mod:`clara._outbox`) while the first attempt is in flight; it is removed once
+the platform acknowledged the report, and otherwise left for the platform to apply when the
+process ends (the life-cycle does not end before it is durable).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import threading
 import time
 import uuid
 from collections.abc import Mapping
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 from clara._config import DriverConfig
 from clara._exceptions import PlatformError
@@ -26,6 +27,9 @@ from clara._notifier import Notifier
 from clara._result import StageResult
 from clara._retry import IDEMPOTENT_RETRYABLE, call_with_retry
 from clara._stage_link import StageLink
+
+if TYPE_CHECKING:
+    from clara._outbox import PendingRecord
 
 __all__ = ["report_outcome"]
 
@@ -60,7 +64,8 @@ def report_outcome(  # noqa: PLR0917 - private; every collaborator is needed
     budget = timeouts.grace if interrupted.is_set() else timeouts.report
     deadline = time.monotonic() + budget.total_seconds()
     rpc_timeout = timeouts.rpc.total_seconds()
-    outbox = _write_outbox(config, report_id, result, log_fields)
+    # Written while the first attempt is in flight, not before it: see clara._outbox.
+    outbox = _start_outbox(config, report_id, result, log_fields)
     try:
         # The one retry mechanism of CompleteStage (the channel has no gRPC retry policy):
         # the same report id on every attempt, so the platform applies it at most once.
@@ -76,12 +81,12 @@ def report_outcome(  # noqa: PLR0917 - private; every collaborator is needed
         )
     except PlatformError as error:
         message = f"could not report outcome {result.outcome.value}: {error}"
-        if outbox is not None:
-            message += f"; it waits in the outbox {outbox}"
+        if outbox is not None and outbox.wait(timeouts.grace.total_seconds()):
+            message += f"; it waits in the outbox {outbox.folder}"
         notifier.emit(NotificationKind.ERROR, message, error)
         return StageResult(result.outcome, result.message, result.error or error)
     if outbox is not None:
-        _remove_outbox(outbox, log_fields)
+        outbox.acknowledged()
     if applied:
         message = f"{result.outcome.value} -> {state}"
     else:
@@ -90,17 +95,14 @@ def report_outcome(  # noqa: PLR0917 - private; every collaborator is needed
     return StageResult(result.outcome, result.message, result.error, reported=True)
 
 
-def _write_outbox(
+def _start_outbox(
     config: DriverConfig, report_id: str, result: StageResult, log_fields: Mapping[str, str]
-) -> Path | None:
-    """Write the outcome to the stage's outbox, if it has one; return the outbox folder.
-
-    A record that cannot be written is logged: the report still goes over gRPC.
-    """
+) -> PendingRecord | None:
+    """Start writing the outcome to the stage's outbox, if it has one."""
     if config.outbox is None:
         return None
     # Imported here: only a driver with an outbox pays for loading json.
-    from clara._outbox import outbox_record, write_record  # noqa: PLC0415
+    from clara._outbox import PendingRecord, outbox_record  # noqa: PLC0415
 
     record = outbox_record(
         job_id=config.job_id,
@@ -109,28 +111,4 @@ def _write_outbox(
         outcome=result.outcome,
         message=result.message,
     )
-    try:
-        write_record(config.outbox, record)
-    except OSError as error:
-        _log.warning(
-            "could not write the outcome to the outbox %s (%s): it is reported over gRPC only",
-            config.outbox,
-            error,
-            extra=log_fields,
-        )
-        return None
-    return config.outbox
-
-
-def _remove_outbox(folder: Path, log_fields: Mapping[str, str]) -> None:
-    from clara._outbox import remove_record  # noqa: PLC0415
-
-    try:
-        remove_record(folder)
-    except OSError as error:  # harmless: the platform would apply it again, to no effect
-        _log.warning(
-            "could not remove the acknowledged outcome from the outbox %s: %s",
-            folder,
-            error,
-            extra=log_fields,
-        )
+    return PendingRecord(config.outbox, record, log_fields)

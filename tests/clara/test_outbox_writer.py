@@ -16,6 +16,7 @@ import pytest
 
 import clara
 from clara._outbox import outbox_record, write_record
+from clara._threads import running_tasks
 from clara.contract import ENV_OUTBOX, OUTBOX_RECORD_NAME, OUTBOX_SCHEMA_VERSION
 from server_mock import MockPlatform, StageSpec, StageState
 
@@ -180,6 +181,13 @@ def run_driver(
     return driver.wait_for_completion(WAIT)
 
 
+def finish_outbox_writes() -> None:
+    """Join the outbox writers still running (they overlap the report's first attempt)."""
+    for task in running_tasks():
+        if task.name == "clara-outbox":
+            assert task.join(WAIT)
+
+
 def test_an_acknowledged_report_leaves_no_record(
     clara_platform: MockPlatform, tmp_path: Path
 ) -> None:
@@ -187,7 +195,22 @@ def test_an_acknowledged_report_leaves_no_record(
     result = run_driver(clara_platform.address, job_id, tmp_path / "outbox")
     assert result.reported and result.outcome is clara.StageOutcome.FAILED
     assert clara_platform.job(job_id).stages["only"].state is StageState.FAILED
-    assert os.listdir(tmp_path / "outbox") == []  # written first (the folder), then removed
+    finish_outbox_writes()
+    assert os.listdir(tmp_path / "outbox") == []  # written (the folder is there), then removed
+
+
+def test_an_outbox_that_cannot_be_written_is_logged_and_the_report_still_goes(
+    clara_platform: MockPlatform, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the outbox folder should be")
+    job_id = clara_platform.create_job([StageSpec("only")])
+    result = run_driver(clara_platform.address, job_id, blocker)
+    finish_outbox_writes()
+    assert result.reported
+    assert clara_platform.job(job_id).stages["only"].state is StageState.FAILED
+    assert f"could not write the outcome to the outbox {blocker}" in caplog.text
+    assert blocker.read_text() == "a file where the outbox folder should be"
 
 
 def test_without_an_outbox_nothing_is_written(
