@@ -85,8 +85,8 @@ ENVIRONMENT_VARIABLES: Mapping[str, str] = {
     ENV_TLS_SERVER_NAME: "The name the platform's certificate must carry, if not the target host.",
     ENV_OUTBOX: (
         "The stage's outbox folder (set by the mock): the driver writes its outcome there, "
-        "durably, before reporting it, so that the platform can apply an outcome it never "
-        "received. Unset (or standalone): nothing is written."
+        "durably, unless its report is acknowledged at once, so that the platform can apply "
+        "an outcome it never received. Unset (or standalone): nothing is written."
     ),
 }
 """Every environment variable the driver reads, with what it means."""

@@ -1,16 +1,20 @@
-"""The stage's outbox: its outcome, written durably before it is reported over gRPC.
+"""The stage's outbox: its outcome, written durably unless the platform acknowledges it at once.
 
 When the platform gives a stage an outbox folder (``NVIDIA_CLARA_OUTBOX``), the driver writes
-the outcome record there before the first ``CompleteStage`` attempt, and removes it once the
-platform acknowledged the report. A record still there when the operator process ends is an
+the outcome record there while it reports (see below when), and removes it once the platform
+acknowledged the report. A record still there when the operator process ends is an
 outcome the platform never received over gRPC: the platform applies it itself, by its report
 id, so it is applied at most once whichever way it arrives (docs/contract.md, "The outbox").
 
-The write overlaps the first attempt (:class:`PendingRecord`, on a reused daemon thread): its
-two fsyncs cost more than a round trip on a local disk, and a report that is acknowledged
-at once needs no record. The record is durable within milliseconds of the first attempt,
-long before a report budget (seconds) runs out, and before the life-cycle ends when the
-report was not acknowledged; interpreter exit waits for the write.
+The write is deferred (:class:`PendingRecord`, on a reused daemon thread): it starts when the
+first attempt has not been acknowledged within :data:`WRITE_DELAY`, when an attempt fails,
+or when the report is given up, whichever comes first; a report acknowledged sooner writes
+nothing. The write and its two fsyncs cost more than a round trip on a local disk, and even
+overlapped with the attempt they slowed a no-op life-cycle by about 1 ms on 2 busy cores
+(docs/performance.md). The record is durable within about ``WRITE_DELAY`` plus a few
+milliseconds of the first attempt, long before a report budget (seconds) runs out, and
+before the life-cycle ends when the report was not acknowledged; interpreter exit waits for
+the write.
 
 The write is atomic and durable: the record goes to a temporary file in the same folder, which
 is flushed and fsynced, renamed over the record (an atomic replace on POSIX), and then the
@@ -35,11 +39,12 @@ from clara._result import StageOutcome
 from clara._threads import run_in_thread
 from clara.contract import OUTBOX_RECORD_NAME, OUTBOX_SCHEMA_VERSION
 
-__all__ = ["PendingRecord", "outbox_record", "remove_record", "write_record"]
+__all__ = ["WRITE_DELAY", "PendingRecord", "outbox_record", "remove_record", "write_record"]
 
 _log = logging.getLogger("clara")
 
 TEMPORARY_SUFFIX = ".tmp"
+WRITE_DELAY = 0.1  # seconds: a report acknowledged within this needs no record
 
 
 def outbox_record(
@@ -112,11 +117,11 @@ def _fsync_folder(folder: Path) -> None:
 
 
 class PendingRecord:
-    """An outcome record being written to an outbox on a thread of its own.
+    """An outcome record to be written to an outbox, on a thread of its own, unless not needed.
 
-    Call :meth:`acknowledged` once the platform answered the report: the record is removed
-    as soon as it is written (at once if it already is). Otherwise :meth:`wait` for it to be
-    durable before the life-cycle ends.
+    The write starts :data:`WRITE_DELAY` after construction, or at once on :meth:`write_now`
+    or :meth:`wait`. Call :meth:`acknowledged` once the platform answered the report: a
+    record not yet written is not written, and one already written is removed.
 
     Args:
         folder: The outbox folder.
@@ -131,13 +136,22 @@ class PendingRecord:
         self._record = record
         self._log_fields = log_fields
         self._lock = threading.Lock()
+        self._due = threading.Event()  # set: write now (or, once acknowledged, end)
         self._finished = threading.Event()
         self._written = False
         self._acknowledged = False
         self.error: OSError | None = None
         # Interpreter exit waits for it: an operator that returns from main at once after an
         # unacknowledged report still leaves a durable record.
-        run_in_thread(self._write, "clara-outbox", hold_exit=True)
+        run_in_thread(self._run, "clara-outbox", hold_exit=True)
+
+    def _run(self) -> None:
+        self._due.wait(WRITE_DELAY)  # a bounded wait: the delay, or until told
+        with self._lock:
+            needed = not self._acknowledged
+        if needed:
+            self._write()
+        self._finished.set()
 
     def _write(self) -> None:
         try:
@@ -155,18 +169,23 @@ class PendingRecord:
             remove = self._written and self._acknowledged
         if remove:
             self._remove()
-        self._finished.set()
+
+    def write_now(self) -> None:
+        """Start the write without waiting for the delay (an attempt failed)."""
+        self._due.set()
 
     def acknowledged(self) -> None:
-        """The platform answered the report: the record is not needed (removed once written)."""
+        """The platform answered the report: the record is not needed (removed if written)."""
         with self._lock:
             self._acknowledged = True
             remove = self._written
+        self._due.set()  # the writer's thread ends now if it has not started writing
         if remove:
             self._remove()
 
     def wait(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` seconds for the write; return True if the record is durable."""
+        """Write now and wait up to ``timeout`` seconds; return True if the record is durable."""
+        self._due.set()
         return self._finished.wait(timeout) and self.error is None
 
     def _remove(self) -> None:

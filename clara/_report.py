@@ -6,9 +6,10 @@ an attempt that fails UNAVAILABLE or past that deadline is retried on a fresh co
 link retires the channel, :mod:`clara._grpc_link`), until the report budget is spent.
 
 When the platform gave the stage an outbox (``NVIDIA_CLARA_OUTBOX``), the outcome is written
-there durably (:mod:`clara._outbox`) while the first attempt is in flight; it is removed once
-the platform acknowledged the report, and otherwise left for the platform to apply when the
-process ends (the life-cycle does not end before it is durable).
+there durably (:mod:`clara._outbox`) unless the first attempt is acknowledged within
+``clara._outbox.WRITE_DELAY`` (100 ms): as soon as an attempt fails, or the first one takes
+longer. It is removed once the platform acknowledged the report, and otherwise left for the
+platform to apply when the process ends (the life-cycle does not end before it is durable).
 """
 
 from __future__ import annotations
@@ -64,8 +65,15 @@ def report_outcome(  # noqa: PLR0917 - private; every collaborator is needed
     budget = timeouts.grace if interrupted.is_set() else timeouts.report
     deadline = time.monotonic() + budget.total_seconds()
     rpc_timeout = timeouts.rpc.total_seconds()
-    # Written while the first attempt is in flight, not before it: see clara._outbox.
+    # Written only if the report is not acknowledged at once: see clara._outbox.
     outbox = _start_outbox(config, report_id, result, log_fields)
+    report_retry = notifier.retry_reporter("CompleteStage")
+
+    def on_retry(attempt: int, error: PlatformError, delay: float) -> None:
+        if outbox is not None:
+            outbox.write_now()  # the platform may be out of reach for long
+        report_retry(attempt, error, delay)
+
     try:
         # The one retry mechanism of CompleteStage (the channel has no gRPC retry policy):
         # the same report id on every attempt, so the platform applies it at most once.
@@ -76,7 +84,7 @@ def report_outcome(  # noqa: PLR0917 - private; every collaborator is needed
             policy=config.retry,
             deadline=deadline,
             stop=threading.Event(),  # reporting is never abandoned early
-            on_retry=notifier.retry_reporter("CompleteStage"),
+            on_retry=on_retry,
             retry_on=IDEMPOTENT_RETRYABLE,
         )
     except PlatformError as error:

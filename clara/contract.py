@@ -138,7 +138,7 @@ ENV_TLS_KEY: Final = "NVIDIA_CLARA_TLS_KEY"
 ENV_TLS_SERVER_NAME: Final = "NVIDIA_CLARA_TLS_SERVER_NAME"
 """The name the platform's certificate must carry."""
 ENV_OUTBOX: Final = "NVIDIA_CLARA_OUTBOX"
-"""The stage's outbox folder: the driver writes its outcome there before reporting it."""
+"""The stage's outbox folder: the driver writes its outcome there unless acknowledged at once."""
 
 # -- NVIDIA_CLARA_INPUTPATHS / NVIDIA_CLARA_OUTPUTPATHS ---------------------------------------
 

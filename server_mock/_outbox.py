@@ -1,8 +1,9 @@
 """Outcomes from a stage's outbox: what a driver wrote but could not report over gRPC.
 
 The mock gives every operator an outbox folder (``NVIDIA_CLARA_OUTBOX``, the job's
-``outbox/<operator>/``). Its driver writes the outcome record there, durably, before the first
-``CompleteStage`` attempt and removes it once a report was acknowledged (:mod:`clara._outbox`).
+``outbox/<operator>/``). Its driver writes the outcome record there, durably, unless its first
+``CompleteStage`` attempt is acknowledged at once, and removes it once a report was
+acknowledged (:mod:`clara._outbox`).
 A record still there when the process has ended is an outcome the platform may never have
 received: :func:`apply_outbox` applies it through the same rule as a report over gRPC
 (:meth:`server_mock._jobs.Job.complete_stage`: once per stage, idempotent by report id), so it

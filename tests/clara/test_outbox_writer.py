@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 import clara
-from clara._outbox import outbox_record, write_record
+from clara._outbox import PendingRecord, outbox_record, write_record
 from clara._threads import running_tasks
 from clara.contract import ENV_OUTBOX, OUTBOX_RECORD_NAME, OUTBOX_SCHEMA_VERSION
 from server_mock import MockPlatform, StageSpec, StageState
@@ -182,10 +182,27 @@ def run_driver(
 
 
 def finish_outbox_writes() -> None:
-    """Join the outbox writers still running (they overlap the report's first attempt)."""
+    """Join the outbox writers still running (they do not hold up the life-cycle)."""
     for task in running_tasks():
         if task.name == "clara-outbox":
             assert task.join(WAIT)
+
+
+def test_a_pending_record_acknowledged_in_time_is_never_written(tmp_path: Path) -> None:
+    pending = PendingRecord(tmp_path / "outbox", record("quick"), {})
+    pending.acknowledged()
+    finish_outbox_writes()
+    assert not (tmp_path / "outbox").exists()
+
+
+def test_a_pending_record_written_then_acknowledged_is_removed(tmp_path: Path) -> None:
+    pending = PendingRecord(tmp_path / "outbox", record("slow"), {})
+    assert pending.wait(WAIT)  # the report was given up (or is slow): write it now
+    assert json.loads((tmp_path / "outbox" / OUTBOX_RECORD_NAME).read_text())["report_id"] == (
+        "slow"
+    )
+    pending.acknowledged()  # ... and then the platform answered after all
+    assert os.listdir(tmp_path / "outbox") == []
 
 
 def test_an_acknowledged_report_leaves_no_record(
@@ -196,21 +213,9 @@ def test_an_acknowledged_report_leaves_no_record(
     assert result.reported and result.outcome is clara.StageOutcome.FAILED
     assert clara_platform.job(job_id).stages["only"].state is StageState.FAILED
     finish_outbox_writes()
-    assert os.listdir(tmp_path / "outbox") == []  # written (the folder is there), then removed
-
-
-def test_an_outbox_that_cannot_be_written_is_logged_and_the_report_still_goes(
-    clara_platform: MockPlatform, tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    blocker = tmp_path / "not-a-folder"
-    blocker.write_text("a file where the outbox folder should be")
-    job_id = clara_platform.create_job([StageSpec("only")])
-    result = run_driver(clara_platform.address, job_id, blocker)
-    finish_outbox_writes()
-    assert result.reported
-    assert clara_platform.job(job_id).stages["only"].state is StageState.FAILED
-    assert f"could not write the outcome to the outbox {blocker}" in caplog.text
-    assert blocker.read_text() == "a file where the outbox folder should be"
+    # Acknowledged within WRITE_DELAY: never written; later: written, then removed.
+    assert not (tmp_path / "outbox" / OUTBOX_RECORD_NAME).exists()
+    assert not (tmp_path / "outbox").exists() or os.listdir(tmp_path / "outbox") == []
 
 
 def test_without_an_outbox_nothing_is_written(

@@ -140,3 +140,33 @@ def test_an_unacknowledged_report_stays_in_the_outbox_with_its_report_id(
     assert (kept["job_id"], kept["stage_name"]) == (str(job_id), "only")
     # The record carries the very report id every attempt carried.
     assert {r.report_id for r in faults.requests} == {kept["report_id"]}
+
+
+def test_an_outbox_that_cannot_be_written_is_logged_and_the_report_still_ends(
+    clara_platform: MockPlatform,
+    tmp_path: Path,
+    drivers: list[clara.Driver[Any]],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the outbox folder should be")
+    faults = StageFaults("CompleteStage", ["unavailable"] * 10_000)
+    job_id = clara_platform.create_job([StageSpec("only")])
+    with faulty_stage_server(clara_platform, faults) as address:
+        driver: clara.Driver[Any] = clara.Driver(
+            execute=lambda d, p: True,
+            target=address,
+            job_id=job_id,
+            stage_name="only",
+            environ={ENV_OUTBOX: str(blocker)},
+            timeouts=clara.DriverTimeouts(report=timedelta(seconds=0.5)),
+            retry=clara.RetryConfig(initial=0.01, maximum=0.05),
+            handle_sigterm=False,
+        )
+        drivers.append(driver)
+        driver.start()
+        result = driver.wait_for_completion(WAIT)
+    assert result.succeeded and not result.reported
+    assert f"could not write the outcome to the outbox {blocker}" in caplog.text
+    assert "waits in the outbox" not in caplog.text  # not claimed when it is not so
+    assert blocker.read_text() == "a file where the outbox folder should be"
