@@ -13,8 +13,8 @@ nothing. The write and its two fsyncs cost more than a round trip on a local dis
 overlapped with the attempt they slowed a no-op life-cycle by about 1 ms on 2 busy cores
 (docs/performance.md). The record is durable within about ``WRITE_DELAY`` plus a few
 milliseconds of the first attempt, long before a report budget (seconds) runs out, and
-before the life-cycle ends when the report was not acknowledged; interpreter exit waits for
-the write.
+before the life-cycle ends when the report was not acknowledged (:data:`WRITE_WAIT` at most:
+a disk that hangs must not hang the operator).
 
 The write is atomic and durable: the record goes to a temporary file in the same folder, which
 is flushed and fsynced, renamed over the record (an atomic replace on POSIX), and then the
@@ -39,12 +39,20 @@ from clara._result import StageOutcome
 from clara._threads import run_in_thread
 from clara.contract import OUTBOX_RECORD_NAME, OUTBOX_SCHEMA_VERSION
 
-__all__ = ["WRITE_DELAY", "PendingRecord", "outbox_record", "remove_record", "write_record"]
+__all__ = [
+    "WRITE_DELAY",
+    "WRITE_WAIT",
+    "PendingRecord",
+    "outbox_record",
+    "remove_record",
+    "write_record",
+]
 
 _log = logging.getLogger("clara")
 
 TEMPORARY_SUFFIX = ".tmp"
 WRITE_DELAY = 0.1  # seconds: a report acknowledged within this needs no record
+WRITE_WAIT = 2.0  # seconds: how long an unacknowledged report waits for its record
 
 
 def outbox_record(
@@ -141,9 +149,9 @@ class PendingRecord:
         self._written = False
         self._acknowledged = False
         self.error: OSError | None = None
-        # Interpreter exit waits for it: an operator that returns from main at once after an
-        # unacknowledged report still leaves a durable record.
-        run_in_thread(self._run, "clara-outbox", hold_exit=True)
+        # Not holding interpreter exit: the life-cycle waits (bounded) for a record it needs,
+        # and one that is not needed may be cut short (the platform ignores temporary files).
+        run_in_thread(self._run, "clara-outbox")
 
     def _run(self) -> None:
         self._due.wait(WRITE_DELAY)  # a bounded wait: the delay, or until told
@@ -183,7 +191,7 @@ class PendingRecord:
         if remove:
             self._remove()
 
-    def wait(self, timeout: float) -> bool:
+    def wait(self, timeout: float = WRITE_WAIT) -> bool:
         """Write now and wait up to ``timeout`` seconds; return True if the record is durable."""
         self._due.set()
         return self._finished.wait(timeout) and self.error is None

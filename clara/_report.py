@@ -89,7 +89,7 @@ def report_outcome(  # noqa: PLR0917 - private; every collaborator is needed
         )
     except PlatformError as error:
         message = f"could not report outcome {result.outcome.value}: {error}"
-        if outbox is not None and outbox.wait(timeouts.grace.total_seconds()):
+        if outbox is not None and outbox.wait():
             message += f"; it waits in the outbox {outbox.folder}"
         notifier.emit(NotificationKind.ERROR, message, error)
         return StageResult(result.outcome, result.message, result.error or error)
