@@ -6,7 +6,10 @@ MockPlatform on loopback. Each repetition runs a fresh single-stage job created 
 so job creation is outside the timing. The driver uses its own channel (as an operator
 does), which drivers of one process share (``clara._channels``), so after the first driver
 the connection is already up; a second row gives it an already-open channel opened with
-``clara.CHANNEL_OPTIONS``.
+``clara.CHANNEL_OPTIONS``; a third gives it an outbox (``NVIDIA_CLARA_OUTBOX``, a folder per
+stage made beforehand in the system's temporary folder, where the mock's default workspace
+is too), as every operator the mock launches has: the outcome record's write and its two
+fsyncs overlap the report's round trip (``clara._outbox``).
 
 Baseline: one StageService.GetStageContext round trip with a generated stub on an
 already-open channel to the same server. Repetitions interleave the variants.
@@ -26,8 +29,11 @@ close it), which the first driver of a process pays and the baseline does not.
 
 from __future__ import annotations
 
+import os
+import tempfile
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -44,6 +50,8 @@ from benchmarks._common import (
 )
 from clara import CHANNEL_OPTIONS
 from clara._channels import retire_channels
+from clara._threads import running_tasks
+from clara.contract import ENV_OUTBOX
 from clara.stage_api import stage_service_pb2 as pb
 from clara.stage_api import stage_service_pb2_grpc as pb_grpc
 from server_mock import MockPlatform, StageSpec
@@ -57,7 +65,9 @@ def _noop(driver: clara.Driver[Any], *args: Any) -> bool:
     return True
 
 
-def _run_driver(address: str, job_id: Any, channel: Any = None) -> float:
+def _run_driver(
+    address: str, job_id: Any, channel: Any = None, outbox: Path | None = None
+) -> float:
     driver: clara.Driver[Any] = clara.Driver(
         prepare=_noop,
         execute=_noop,
@@ -66,6 +76,7 @@ def _run_driver(address: str, job_id: Any, channel: Any = None) -> float:
         job_id=job_id,
         stage_name="only",
         channel=channel,
+        environ=None if outbox is None else {**os.environ, ENV_OUTBOX: str(outbox)},
     )
     started = time.perf_counter()
     driver.start()
@@ -154,18 +165,23 @@ def _against_another_process(repetitions: int, warmup: int) -> tuple[list[float]
 def run(quick: bool) -> list[Row]:
     repetitions = 40 if quick else 300
     warmup = 5
-    variants = 8
+    variants = 9
     samples: dict[str, list[float]] = {}
-    with MockPlatform() as platform:
+    with MockPlatform() as platform, tempfile.TemporaryDirectory() as outboxes:
         channel, stub = open_stub(platform.address)
         recommended = _recommended_channel(platform.address)
         try:
             job_ids = iter(
                 [
                     platform.create_job([StageSpec("only")], name=f"noop-{i}")
-                    for i in range(5 * (repetitions + warmup) + 1)
+                    for i in range(6 * (repetitions + warmup) + 1)
                 ]
             )
+            # Each stage's outbox folder exists before it runs, as the mock creates it.
+            folders = [Path(outboxes, str(i)) for i in range(repetitions + warmup)]
+            for folder in folders:
+                folder.mkdir()
+            outbox_folders = iter(folders)
             request = pb.GetStageContextRequest(stage=stage_ref(next(job_ids), "only"))
 
             def unary() -> float:
@@ -180,6 +196,9 @@ def run(quick: bool) -> list[Row]:
             measured: dict[str, Any] = {
                 "own": lambda: _run_driver(platform.address, next(job_ids)),
                 "given": lambda: _run_driver(platform.address, next(job_ids), recommended),
+                "outbox": lambda: _run_driver(
+                    platform.address, next(job_ids), outbox=next(outbox_folders)
+                ),
                 "unary": unary,
                 "new connection lifecycle": new_connection_lifecycle,
                 "plain given": lambda: _run_driver(platform.address, next(job_ids), channel),
@@ -196,6 +215,9 @@ def run(quick: bool) -> list[Row]:
                     elapsed = measured[name]()
                     if rep >= warmup:
                         samples.setdefault(name, []).append(elapsed * 1e3)
+            for task in running_tasks():  # the last outbox writes, before the folder goes
+                if task.name == "clara-outbox":
+                    task.join(10)
         finally:
             recommended.close()
             channel.close()
@@ -229,6 +251,7 @@ def run(quick: bool) -> list[Row]:
     return [
         targeted("own", "driver life-cycle, own channel"),
         targeted("given", "driver life-cycle, given channel"),
+        targeted("outbox", "driver life-cycle, own channel, with an outbox"),
         info(
             "new connection lifecycle",
             "own channel, new connection",

@@ -21,9 +21,12 @@ from collections.abc import Callable, Hashable
 import grpc
 
 from clara._threads import run_in_thread
+from clara.contract import DRIVER_KEEPALIVE_INTERVAL
 
 __all__ = [
     "CHANNEL_OPTIONS",
+    "KEEPALIVE_TIMEOUT_MS",
+    "KEEPALIVE_TIME_MS",
     "LINGER_SECONDS",
     "ChannelLease",
     "lease_channel",
@@ -34,13 +37,27 @@ __all__ = [
 _log = logging.getLogger("clara")
 
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+KEEPALIVE_TIME_MS = int(DRIVER_KEEPALIVE_INTERVAL.total_seconds() * 1000)
+KEEPALIVE_TIMEOUT_MS = 3_000  # a ping unanswered this long closes the connection
 CHANNEL_OPTIONS: tuple[tuple[str, int | str], ...] = (
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-    # Keepalive lets a long wait for inputs notice a dead peer instead of hanging.
-    ("grpc.keepalive_time_ms", 30_000),
-    ("grpc.keepalive_timeout_ms", 10_000),
+    # Keepalive: a connection that silently stops carrying bytes (no reset) is closed within
+    # KEEPALIVE_TIME_MS + KEEPALIVE_TIMEOUT_MS, so that a call on it fails UNAVAILABLE and is
+    # retried on a new connection, and a wait for inputs notices it instead of hanging.
+    ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
+    ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+    # gRPC core (1.85 measured) bounds an unanswered keepalive ping by this one (default
+    # 60 s), not by keepalive_timeout_ms alone: set both.
+    ("grpc.http2.ping_timeout_ms", KEEPALIVE_TIMEOUT_MS),
     ("grpc.keepalive_permit_without_calls", 1),
+    # Without this, gRPC stops pinging after 2 pings with no data sent: a stage waiting for
+    # its inputs sends none for minutes, and would not notice a dead connection.
+    ("grpc.http2.max_pings_without_data", 0),
+    # A connection of this channel's own. In gRPC's global subchannel pool, channels with the
+    # same target and options share one connection, so the fresh channel that replaces a
+    # retired one would ride on the very connection that failed.
+    ("grpc.use_local_subchannel_pool", 1),
     ("grpc.primary_user_agent", "clara-stage-driver"),
     # grpc.experimental.ChannelOptions.SingleThreadedUnaryStream (in grpcio since 1.29;
     # spelled out so that `import clara` need not load grpc.experimental): the driver's
@@ -50,7 +67,9 @@ CHANNEL_OPTIONS: tuple[tuple[str, int | str], ...] = (
 """The options of the driver's own channel; open a channel you give drivers with them too.
 
 ``grpc.insecure_channel(target, options=clara.CHANNEL_OPTIONS)``: without
-``SingleThreadedUnaryStream``, gRPC starts a helper thread for each driver's signal stream.
+``SingleThreadedUnaryStream``, gRPC starts a helper thread for each driver's signal stream, and
+without the keepalive options a connection that silently died (no reset) is not noticed: the
+driver never closes a channel it was given, so its retries would stay on that connection.
 """
 
 LINGER_SECONDS = 5.0  # how long an unused channel stays open for the next driver

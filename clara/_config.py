@@ -26,6 +26,7 @@ from clara.contract import (
     ENV_JOB_ID,
     ENV_JOB_NAME,
     ENV_NOSYNCLOCK,
+    ENV_OUTBOX,
     ENV_OUTPUT,
     ENV_OUTPUT_PATHS,
     ENV_STAGE_NAME,
@@ -82,6 +83,11 @@ ENVIRONMENT_VARIABLES: Mapping[str, str] = {
     ENV_TLS_CERT: "PEM file of the driver's certificate chain, for mutual TLS (with the key).",
     ENV_TLS_KEY: "PEM file of the driver's private key, for mutual TLS (with the certificate).",
     ENV_TLS_SERVER_NAME: "The name the platform's certificate must carry, if not the target host.",
+    ENV_OUTBOX: (
+        "The stage's outbox folder (set by the mock): the driver writes its outcome there, "
+        "durably, unless its report is acknowledged at once, so that the platform can apply "
+        "an outcome it never received. Unset (or standalone): nothing is written."
+    ),
 }
 """Every environment variable the driver reads, with what it means."""
 
@@ -135,6 +141,7 @@ class DriverConfig:
     standalone_outputs: tuple[PayloadEntry, ...] = ()
     tls: TlsMaterial | None = None
     stage_token: str | None = field(default=None, repr=False)
+    outbox: Path | None = None  # the folder the outcome record is written to, if any
 
 
 def parse_bool(setting: str, value: str) -> bool:
@@ -243,6 +250,9 @@ def resolve_config(
     raw_timeout = env.get(ENV_TIMEOUT) or None
     stage_timeout = None if raw_timeout is None else parse_timeout_seconds(ENV_TIMEOUT, raw_timeout)
     job_name = env.get(ENV_JOB_NAME) or None
+    raw_outbox = env.get(ENV_OUTBOX) or None
+    # Absolute now: a later chdir of the operator must not move its outbox.
+    outbox = None if standalone or raw_outbox is None else Path(raw_outbox).absolute()
     config = DriverConfig(
         target=resolved_target,
         job_id=resolved_job_id,
@@ -254,6 +264,7 @@ def resolve_config(
         stage_timeout=stage_timeout,
         tls=resolved_tls,
         stage_token=resolved_token,
+        outbox=outbox,
     )
     if not standalone:
         return config

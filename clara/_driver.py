@@ -14,8 +14,8 @@ until acknowledged or the report deadline passes).
 Around it, each in a module of its own: the signal-stream watcher (:mod:`clara._signal_watcher`),
 SIGTERM handling (:mod:`clara._sigterm`), notifications and their log records
 (:mod:`clara._notifier`), starting execute from the inputs-ready signal
-(:mod:`clara._callback_start`) and, behind the gRPC link, progress-event batching
-(:mod:`clara._event_batches`).
+(:mod:`clara._callback_start`), the outcome report and its outbox (:mod:`clara._report`)
+and, behind the gRPC link, progress-event batching (:mod:`clara._event_batches`).
 """
 
 from __future__ import annotations
@@ -41,14 +41,14 @@ from clara._exceptions import (
     ConfigurationError,
     ContextUnavailableError,
     DriverStateError,
-    PlatformError,
     WaitTimeoutError,
 )
 from clara._notifications import Notification, NotificationKind
 from clara._notifier import Notifier
 from clara._payload import Payload
+from clara._report import report_outcome
 from clara._result import StageOutcome, StageResult
-from clara._retry import IDEMPOTENT_RETRYABLE, RetryConfig, call_with_retry
+from clara._retry import RetryConfig
 from clara._signal_watcher import SignalWatcher, StageSignals
 from clara._sigterm import SigtermHandler
 from clara._stage_link import EventKind, Signal, SignalKind, StageLink, StandaloneStageLink
@@ -475,7 +475,9 @@ class _Lifecycle:
             )
         elif self.context is not None:
             self._set_state(DriverState.REPORTING)
-            result = self._report(link, result)
+            result = report_outcome(
+                link, result, config, self._interrupted, self._notifier, self._log_fields
+            )
         else:
             _log.error(
                 "outcome %s not reported: the platform was never reached",
@@ -559,37 +561,6 @@ class _Lifecycle:
         return StageResult(
             result.outcome, f"{result.message}; cleanup also failed: {call.message}", result.error
         )
-
-    def _report(self, link: StageLink, result: StageResult) -> StageResult:
-        report_id = uuid.uuid4().hex
-        timeouts = self._config.timeouts
-        # A process asked to stop (SIGTERM) still reports, but only within the grace period.
-        budget = timeouts.grace if self._interrupted.is_set() else timeouts.report
-        deadline = time.monotonic() + budget.total_seconds()
-        rpc_timeout = timeouts.rpc.total_seconds()
-        try:
-            # The one retry mechanism of CompleteStage (the channel has no gRPC retry policy):
-            # the same report id on every attempt, so the platform applies it at most once.
-            state, applied = call_with_retry(
-                lambda left: link.complete(
-                    report_id, result.outcome, result.message, min(left, rpc_timeout)
-                ),
-                policy=self._config.retry,
-                deadline=deadline,
-                stop=threading.Event(),  # reporting is never abandoned early
-                on_retry=self._notifier.retry_reporter("CompleteStage"),
-                retry_on=IDEMPOTENT_RETRYABLE,
-            )
-        except PlatformError as error:
-            message = f"could not report outcome {result.outcome.value}: {error}"
-            self._notifier.emit(NotificationKind.ERROR, message, error)
-            return StageResult(result.outcome, result.message, result.error or error)
-        if applied:
-            message = f"{result.outcome.value} -> {state}"
-        else:
-            message = f"{result.outcome.value} acknowledged, but the stage was already {state}"
-        self._notifier.emit(NotificationKind.OUTCOME_REPORTED, message)
-        return StageResult(result.outcome, result.message, result.error, reported=True)
 
     # -- steps ----------------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -59,11 +60,11 @@ class EventBatches:
 
     def __init__(
         self,
-        stub: pb_grpc.StageServiceStub,
+        stub: Callable[[], pb_grpc.StageServiceStub],
         ref: pb.StageRef,
         metadata: tuple[tuple[str, str], ...] | None,
     ) -> None:
-        self._stub = stub
+        self._stub = stub  # the link's current stub: its channel may be retired and replaced
         self._ref = ref
         self._metadata = metadata
         self._lock = threading.Lock()
@@ -156,7 +157,7 @@ class EventBatches:
     def _send(self, batch: list[_QueuedEvent]) -> None:
         request = pb.ReportStageEventsRequest(stage=self._ref, events=_to_proto(batch))
         try:
-            future = self._stub.ReportStageEvents.future(
+            future = self._stub().ReportStageEvents.future(
                 request, timeout=EVENT_TIMEOUT, metadata=self._metadata
             )
         except Exception as error:  # e.g. the channel closed under us: never disturb the caller

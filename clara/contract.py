@@ -17,12 +17,14 @@ from typing import Final
 
 __all__ = [
     "DEFAULT_STAGE_TIMEOUT",
+    "DRIVER_KEEPALIVE_INTERVAL",
     "ENV_INPUT",
     "ENV_INPUT_PATHS",
     "ENV_JOB_ID",
     "ENV_JOB_NAME",
     "ENV_LOGS",
     "ENV_NOSYNCLOCK",
+    "ENV_OUTBOX",
     "ENV_OUTPUT",
     "ENV_OUTPUT_PATHS",
     "ENV_PUBLISHING",
@@ -41,6 +43,8 @@ __all__ = [
     "MAX_STAGE_TIMEOUT",
     "NAME_PATTERN",
     "NAME_RULE",
+    "OUTBOX_RECORD_NAME",
+    "OUTBOX_SCHEMA_VERSION",
     "PAYLOAD_ENTRY_SEPARATOR",
     "PAYLOAD_PATHS_SEPARATOR",
     "TIMEOUT_GRACE",
@@ -72,6 +76,22 @@ TIMEOUT_GRACE: Final = timedelta(seconds=15)
 
 MAX_EVENTS_PER_BATCH: Final = 256
 """Most progress events one ``ReportStageEvents`` or ``CompleteStage`` call may carry."""
+
+DRIVER_KEEPALIVE_INTERVAL: Final = timedelta(seconds=5)
+"""How often a driver pings the platform on each open connection (HTTP/2 keepalive), so that a
+silently dead connection is noticed within seconds. A platform must accept pings this often,
+with or without calls in flight (gRPC's ``grpc.http2.min_ping_interval_without_data_ms`` at
+most this, ``grpc.keepalive_permit_without_calls`` 1); otherwise it answers them with
+GOAWAY ``too_many_pings``."""
+
+# -- the outbox: an outcome the driver could not report over gRPC ----------------------------
+
+OUTBOX_RECORD_NAME: Final = "outcome.json"
+"""The file, in the folder ``NVIDIA_CLARA_OUTBOX`` names, that holds the stage's outcome record
+(see docs/contract.md, "The outbox")."""
+
+OUTBOX_SCHEMA_VERSION: Final = 1
+"""The ``schema`` of the outcome records this driver writes; a platform refuses other values."""
 
 # -- environment variables the platform sets for an operator ---------------------------------
 # Where each comes from (a Clara Deploy SDK page, NVIDIA's own operators, or this project) is
@@ -117,6 +137,8 @@ ENV_TLS_KEY: Final = "NVIDIA_CLARA_TLS_KEY"
 """PEM file of the driver's private key (mutual TLS)."""
 ENV_TLS_SERVER_NAME: Final = "NVIDIA_CLARA_TLS_SERVER_NAME"
 """The name the platform's certificate must carry."""
+ENV_OUTBOX: Final = "NVIDIA_CLARA_OUTBOX"
+"""The stage's outbox folder: the driver writes its outcome there unless acknowledged at once."""
 
 # -- NVIDIA_CLARA_INPUTPATHS / NVIDIA_CLARA_OUTPUTPATHS ---------------------------------------
 

@@ -75,13 +75,7 @@ VARIABLE_SOURCES = {
     "NVIDIA_CLARA_TLS_CERT": _OURS,
     "NVIDIA_CLARA_TLS_KEY": _OURS,
     "NVIDIA_CLARA_TLS_SERVER_NAME": _OURS,
-    "CUDA_VISIBLE_DEVICES": (
-        "The GPUs the operator may use.",
-        "Set: the GPUs its `requests.gpu` gave the operator; empty without a request (see "
-        "docs/security.md, *Resource limits*).",
-        "The CUDA runtime; [Clara: Requests](https://docs.nvidia.com/clara-holoscan/archive/"
-        "clara-deploy-0.7.4/sdk/platform/pipelines/public/docs/reference/requests.html) (`gpu`)",
-    ),
+    "NVIDIA_CLARA_OUTBOX": f'{_OURS} (see docs/contract.md, "The outbox")',
 }
 # Set for operators by a Clara platform, but not read by the driver: meaning, what the mock
 # does with it, and where it comes from.
@@ -114,6 +108,13 @@ OPERATOR_ONLY_VARIABLES = {
         "`services` connection gives it (services are deprecated since Clara 0.7.1).",
         "Not set (as above).",
         f"{_BASE_INFERENCE} and the pipeline definitions that declare that service",
+    ),
+    "CUDA_VISIBLE_DEVICES": (
+        "The GPUs the operator may use.",
+        "Set: the GPUs its `requests.gpu` gave the operator; empty without a request (see "
+        "docs/security.md, *Resource limits*).",
+        "The CUDA runtime; [Clara: Requests](https://docs.nvidia.com/clara-holoscan/archive/"
+        "clara-deploy-0.7.4/sdk/platform/pipelines/public/docs/reference/requests.html) (`gpu`)",
     ),
 }
 SECTION_NAMES = ("Args", "Returns", "Raises", "Attributes", "Yields", "Fixtures", "Example")
@@ -543,6 +544,8 @@ def environment_markdown() -> str:
         "- `NVIDIA_CLARA_INPUTPATHS` and `NVIDIA_CLARA_OUTPUTPATHS` (every entry), the first",
         "  input and output as `NVIDIA_CLARA_INPUT` and `NVIDIA_CLARA_OUTPUT`,",
         "  `NVIDIA_CLARA_LOGS` and `NVIDIA_CLARA_PUBLISHING`;",
+        "- `NVIDIA_CLARA_OUTBOX`, the stage's own `outbox/<operator>/` folder in the job's",
+        "  payload, which it reads when the operator's process ends;",
         "- the `NVIDIA_CLARA_TLS_*` files when it serves TLS, and `NVIDIA_CLARA_STAGE_TOKEN`;",
         "- then the operator's `variables` from the pipeline definition (which cannot replace",
         "  the platform-issued token).",

@@ -13,9 +13,9 @@ Set for every operator, in this order (later ones win):
    ``Driver.job_name`` and ``Driver.stage_timeout`` are known from construction;
 3. the folders: ``NVIDIA_CLARA_INPUTPATHS`` / ``NVIDIA_CLARA_OUTPUTPATHS`` (every entry as
    ``name:path``, ``;`` between entries), the first input and output as
-   ``NVIDIA_CLARA_INPUT`` / ``NVIDIA_CLARA_OUTPUT``, ``NVIDIA_CLARA_LOGS`` and
-   ``NVIDIA_CLARA_PUBLISHING``; each path is the folder the operator really uses (the one its
-   stage context gives);
+   ``NVIDIA_CLARA_INPUT`` / ``NVIDIA_CLARA_OUTPUT``, ``NVIDIA_CLARA_LOGS``,
+   ``NVIDIA_CLARA_PUBLISHING`` and (this project's own) ``NVIDIA_CLARA_OUTBOX``; each path is
+   the folder the operator really uses (the one its stage context gives);
 4. the launcher's extra variables (e.g. the ``NVIDIA_CLARA_TLS_*`` files);
 5. the operator's ``variables`` from the pipeline definition;
 6. last, ``NVIDIA_CLARA_STAGE_TOKEN``, so that no variable of a pipeline can replace the
@@ -53,6 +53,7 @@ PLATFORM_VARIABLES = frozenset(
         contract.ENV_OUTPUT_PATHS,
         contract.ENV_LOGS,
         contract.ENV_PUBLISHING,
+        contract.ENV_OUTBOX,
         contract.ENV_STAGE_TOKEN,
         contract.ENV_TLS_CA,
         contract.ENV_TLS_CERT,
@@ -74,6 +75,7 @@ def operator_environment(
     inherited: Mapping[str, str],
     extra: Mapping[str, str] | None = None,
     stage_token: str | None = None,
+    outbox_dir: Path | None = None,
 ) -> dict[str, str]:
     """The environment of the process that runs ``stage`` of ``job``.
 
@@ -87,6 +89,8 @@ def operator_environment(
             dropped.
         extra: Added after the mock's variables and before the operator's ``variables``.
         stage_token: The stage's secret token, if the platform issues tokens.
+        outbox_dir: The stage's outbox folder (``NVIDIA_CLARA_OUTBOX``), if the platform
+            reads outboxes.
 
     Returns:
         A new dictionary; nothing else is changed.
@@ -105,6 +109,8 @@ def operator_environment(
     )
     if job.name:
         env[contract.ENV_JOB_NAME] = job.name
+    if outbox_dir is not None:
+        env[contract.ENV_OUTBOX] = str(outbox_dir)
     _set_entries(env, contract.ENV_INPUT_PATHS, [(i.name, i.path) for i in stage.inputs], stage)
     _set_entries(env, contract.ENV_OUTPUT_PATHS, [(o.name, o.path) for o in stage.outputs], stage)
     if stage.inputs:

@@ -24,6 +24,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from clara.contract import DRIVER_KEEPALIVE_INTERVAL
 from clara.stage_api import stage_service_pb2 as stage_pb
 from clara.stage_api import stage_service_pb2_grpc as stage_grpc
 from server_mock._auth import StageTokens
@@ -48,8 +49,14 @@ MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 SERVER_OPTIONS: list[tuple[str, int]] = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-    # Drivers send keepalive pings every 30 s while they wait for inputs.
-    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    # Drivers ping every DRIVER_KEEPALIVE_INTERVAL, with or without calls in flight, and a
+    # waiting stage's stream carries no data for minutes: accept pings twice as often (gRPC
+    # core's GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS; its default of 5 minutes
+    # would answer them with GOAWAY too_many_pings after two strikes).
+    (
+        "grpc.http2.min_ping_interval_without_data_ms",
+        int(DRIVER_KEEPALIVE_INTERVAL.total_seconds() * 1000) // 2,
+    ),
     ("grpc.keepalive_permit_without_calls", 1),
     # Off, so a second server on a port in use fails to bind instead of silently sharing it.
     ("grpc.so_reuseport", 0),

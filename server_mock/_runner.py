@@ -14,7 +14,8 @@ gives an operator, built by :func:`server_mock._operator_env.operator_environmen
 and stderr go to the job's ``logs/<operator>.log`` (served by Jobs.ReadLogs).
 
 The platform side of the life-cycle is enforced here: a process that exits without its
-stage having reported an outcome fails the stage; a stage still running ``timeout_grace``
+stage having reported an outcome fails the stage, unless its driver left the outcome in its
+outbox (:mod:`server_mock._outbox`), which is then applied; a stage still running ``timeout_grace``
 after its timeout (counted from inputs ready) is timed out and its process stopped; a
 process still alive ``exit_grace`` after its stage ended (cancelled, failed upstream) is
 sent SIGTERM, then SIGKILL after ``kill_grace``.
@@ -53,6 +54,7 @@ from server_mock._definition import OperatorSpec, PipelineDefinition, expand_com
 from server_mock._jobs import Job, Stage, StageState
 from server_mock._operator_env import operator_environment
 from server_mock._operator_process import OperatorProcess, start_operator_process
+from server_mock._outbox import apply_outbox
 from server_mock._resources import (
     ResourceAllocator,
     ResourceLimits,
@@ -333,6 +335,7 @@ class LocalProcessLauncher:
             job.stage(operator.name).spec,
             logs_dir=layout.logs_dir,
             publishing_dir=layout.publishing_dir(operator.name),
+            outbox_dir=layout.outbox_dir(operator.name),
             stage_service=self._platform_address(),
             inherited=os.environ,
             extra=self._extra_env,
@@ -381,7 +384,10 @@ class LocalProcessLauncher:
             )
             task = asyncio.create_task(
                 self._supervise(
-                    job, job.stage(operator.name), _Launched(process, log_path, log_offset, plan)
+                    job,
+                    job.stage(operator.name),
+                    _Launched(process, log_path, log_offset, plan),
+                    layout.outbox_dir(operator.name),
                 ),
                 name=f"supervise-{operator.name}",
             )
@@ -423,9 +429,13 @@ class LocalProcessLauncher:
         tls_files = [
             Path(self._extra_env[name]) for name in _TLS_FILE_VARIABLES if name in self._extra_env
         ]
-        # The job's log folder and the operator's publishing folder, at their own paths, as
-        # NVIDIA_CLARA_LOGS and NVIDIA_CLARA_PUBLISHING give them.
-        shown = [(layout.logs_dir, True), (layout.publishing_dir(operator.name), True)]
+        # The job's log folder and the operator's publishing and outbox folders, at their own
+        # paths, as NVIDIA_CLARA_LOGS, NVIDIA_CLARA_PUBLISHING and NVIDIA_CLARA_OUTBOX give them.
+        shown = [
+            (layout.logs_dir, True),
+            (layout.publishing_dir(operator.name), True),
+            (layout.outbox_dir(operator.name), True),  # NVIDIA_CLARA_OUTBOX, its own only
+        ]
         if not from_definition and rootfs is None:
             # The operator map is the mock operator's own: show the folders its programs are in.
             programs = command[:2] if command[0] == sys.executable else command[:1]
@@ -485,7 +495,9 @@ class LocalProcessLauncher:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _supervise(self, job: Job, stage: Stage, launched: _Launched) -> None:
+    async def _supervise(
+        self, job: Job, stage: Stage, launched: _Launched, outbox_dir: Path
+    ) -> None:
         process, log_path, plan = launched.process, launched.log_path, launched.plan
         loop = asyncio.get_running_loop()
         name = stage.spec.name
@@ -547,13 +559,15 @@ class LocalProcessLauncher:
             if exhausted
             else ""
         )
-        if not stage.state.terminal:
+        # An outcome the driver wrote to its outbox but could not report over gRPC.
+        outbox = apply_outbox(job, name, outbox_dir) if not stage.state.terminal else None
+        if outbox is not None and not outbox.applied:
             reason = f"signal {-code}" if code < 0 else f"code {code}"
             job.fail_stage(
                 name,
                 StageState.FAILED,
                 f"operator process exited with {reason} before reporting an outcome"
-                f"{memory} (see {log_path})",
+                f"{memory}{outbox.note} (see {log_path})",
             )
         elif memory:
             _log.warning("job %s: %s%s", job.job_id, name, memory)

@@ -33,7 +33,7 @@ __all__ = ["StageService"]
 _log = logging.getLogger("server_mock.stage")
 _T = TypeVar("_T")
 
-_REPORT_ID = re.compile(r"[\x21-\x7e]{1,128}")
+REPORT_ID_PATTERN = re.compile(r"[\x21-\x7e]{1,128}")  # the proto: 1-128 chars; here printable
 MAX_MESSAGE_CHARS = 4096
 # google.protobuf.Timestamp's valid range: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z.
 _MIN_SECONDS = -62_135_596_800
@@ -275,7 +275,7 @@ class StageService(pb_grpc.StageServiceServicer):
         context: grpc.aio.ServicerContext[object, object],
     ) -> pb.CompleteStageResponse:
         """Apply the stage's outcome once; retries with the same report id are acknowledged."""
-        if not _REPORT_ID.fullmatch(request.report_id):
+        if not REPORT_ID_PATTERN.fullmatch(request.report_id):
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT,
                 "report_id: expected 1-128 printable ASCII characters",

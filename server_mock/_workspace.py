@@ -7,6 +7,8 @@ A job's payload folder (its "job payload") holds::
     operators/<operator>/<name>/   an operator's output called <name>
     logs/<operator>.log            each operator process's stdout and stderr
     publish/<operator>/            what each operator publishes (NVIDIA_CLARA_PUBLISHING)
+    outbox/<operator>/             each operator's outcome record (NVIDIA_CLARA_OUTBOX): an
+                                   outcome its driver could not report over gRPC
 
 An input without ``from`` reads ``input/``; an input ``from: op`` reads op's unnamed output
 ``operators/op/``, and with ``name: out`` op's output ``operators/op/out/``. The Clara docs do
@@ -61,12 +63,21 @@ class JobLayout:
         """The folder ``operator`` publishes to (for Clara's Render Server, on a cluster)."""
         return self.root / "publish" / operator
 
+    def outbox_dir(self, operator: str) -> Path:
+        """The folder ``operator``'s driver writes its outcome record to (its outbox).
+
+        The operator must be able to write it (a sandbox binds it writable); the platform
+        reads it when the operator's process ends (see :mod:`server_mock._outbox`).
+        """
+        return self.root / "outbox" / operator
+
     def create(self, definition: PipelineDefinition) -> None:
         """Create every folder the job's stages read or write."""
         self.input_dir.mkdir(parents=True, exist_ok=True)
         self.logs_dir.mkdir(parents=True, exist_ok=True)
         for operator in definition.operators:
             self.publishing_dir(operator.name).mkdir(parents=True, exist_ok=True)
+            self.outbox_dir(operator.name).mkdir(parents=True, exist_ok=True)
             for output in operator.outputs:
                 self.output_dir(operator.name, output).mkdir(parents=True, exist_ok=True)
 

@@ -90,7 +90,7 @@ class Stub:
 
 def queue_for(stub: Stub) -> EventBatches:
     ref = pb.StageRef(job_id="6f1c1a2e-0d43-4b59-9c3a-0a3f5b0f7d21", stage_name="s")
-    return EventBatches(stub, ref, None)  # type: ignore[arg-type]
+    return EventBatches(lambda: stub, ref, None)  # type: ignore[arg-type,return-value]
 
 
 def add(events: EventBatches, *messages: str) -> None:

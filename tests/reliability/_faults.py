@@ -33,6 +33,7 @@ import grpc
 import clara
 from clara.stage_api import stage_service_pb2_grpc as stage_grpc
 from server_mock import MockPlatform
+from server_mock._platform import SERVER_OPTIONS
 from server_mock._stage_service import StageService
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -383,7 +384,7 @@ def faulty_stage_server(platform: MockPlatform, faults: StageFaults) -> Iterator
     """A second stage API server over ``platform``'s jobs, with ``faults``; yields its address."""
 
     async def start() -> tuple[grpc.aio.Server, int]:
-        server = grpc.aio.server(interceptors=[faults])
+        server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[faults])
         stage_grpc.add_StageServiceServicer_to_server(StageService(platform.jobs), server)
         port = server.add_insecure_port("127.0.0.1:0")
         await server.start()
@@ -416,10 +417,18 @@ def launch_operator(
     return operator
 
 
-def pipeline_yaml(control: str, operators: list[tuple[str, str | None, str]]) -> str:
-    """A pipeline of reliability operators: ``(name, upstream or None, mode)`` each."""
+def pipeline_yaml(
+    control: str,
+    operators: list[tuple[str, str | None, str]],
+    variables: dict[str, dict[str, str]] | None = None,
+) -> str:
+    """A pipeline of reliability operators: ``(name, upstream or None, mode)`` each.
+
+    ``variables`` adds variables per operator name (they override the platform's own).
+    """
     lines = ["api-version: 0.4.0", "name: reliability", "operators:"]
     for name, upstream, mode in operators:
+        extra = [f'    {key}: "{value}"' for key, value in (variables or {}).get(name, {}).items()]
         lines += [
             f"- name: {name}",
             "  container:",
@@ -429,6 +438,7 @@ def pipeline_yaml(control: str, operators: list[tuple[str, str | None, str]]) ->
             "  variables:",
             f'    RELIABILITY_CONTROL: "{control}"',
             f"    RELIABILITY_MODE: {mode}",
+            *extra,
             "  input:",
             *([f"  - from: {upstream}", "    path: /input"] if upstream else ["  - path: /input"]),
             "  output:",

@@ -120,7 +120,10 @@ def test_a_platform_that_never_takes_the_report_is_given_up_at_the_report_deadli
 
     assert result.outcome is clara.StageOutcome.SUCCEEDED  # what happened locally ...
     assert not result.reported  # ... but nobody acknowledged it
-    assert isinstance(result.error, clara.PlatformUnavailableError)
+    # The last error is the platform's UNAVAILABLE, or the deadline of the last attempt: it
+    # gets only what is left of the budget, and connects afresh (the channel of a failed
+    # attempt is retired), so it may run out while connecting.
+    assert isinstance(result.error, clara.PlatformUnavailableError | clara.DeadlineExceededError)
     assert waited < 1 + 5
     assert len(faults.requests) == len(report_retries(recorder)) + 1 > 3
     assert clara_platform.job(job_id).stages["only"].reports_applied == 0

@@ -117,17 +117,21 @@ def test_writing_into_an_input_fails(sandboxed: Platform) -> None:
     assert (run.layout.input_dir / "in.txt").read_text() == "keep me\n"
 
 
-def test_the_publishing_and_log_folders_it_is_given_are_writable(sandboxed: Platform) -> None:
+def test_the_publishing_log_and_outbox_folders_it_is_given_are_writable(
+    sandboxed: Platform,
+) -> None:
     code = """
     import os, pathlib
     pathlib.Path(os.environ["NVIDIA_CLARA_PUBLISHING"], "render.txt").write_text("published")
     pathlib.Path(os.environ["NVIDIA_CLARA_LOGS"], "extra.log").write_text("noted")
+    pathlib.Path(os.environ["NVIDIA_CLARA_OUTBOX"], "probe.txt").write_text("writable")
     """
     run = sandboxed.run(pipeline(driver_operator("publisher", code)))
     assert run.job.state is JobState.SUCCEEDED, (run.job.message, run.logs)
     published = run.layout.publishing_dir("publisher") / "render.txt"
     assert published.read_text() == "published"
     assert (run.layout.logs_dir / "extra.log").read_text() == "noted"
+    assert (run.layout.outbox_dir("publisher") / "probe.txt").read_text() == "writable"
 
 
 def test_its_tmp_is_not_the_hosts(sandboxed: Platform) -> None:

@@ -87,6 +87,14 @@ def test_no_platform_variable_is_inherited_and_none_replaces_the_token() -> None
     )  # issued: it wins
 
 
+def test_the_outbox_folder_is_set_when_the_platform_reads_outboxes() -> None:
+    env = environment(outbox_dir=Path("/ws/job/outbox/segment"))
+    assert env["NVIDIA_CLARA_OUTBOX"] == "/ws/job/outbox/segment"
+    # Never inherited: an outbox left in the mock's shell is not the stage's.
+    assert "NVIDIA_CLARA_OUTBOX" in PLATFORM_VARIABLES
+    assert "NVIDIA_CLARA_OUTBOX" not in environment(inherited={"NVIDIA_CLARA_OUTBOX": "/tmp/x"})
+
+
 def test_extra_variables_come_before_the_operators_own() -> None:
     env = environment(extra={"NVIDIA_CLARA_TLS_CA": "/pki/ca.pem", "THRESHOLD": "0.9"})
     assert env["NVIDIA_CLARA_TLS_CA"] == "/pki/ca.pem"

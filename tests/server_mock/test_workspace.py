@@ -55,3 +55,11 @@ def test_fan_in_inputs_read_each_upstream_operators_only_output(tmp_path: Path) 
     )
     assert writer.upstream == {"segment", "reader"}
     assert (tmp_path / "operators" / "segment" / "mask").is_dir()
+
+
+def test_every_operator_gets_an_outbox_folder_of_its_own(tmp_path: Path) -> None:
+    layout = JobLayout(tmp_path)
+    build_job(uuid.uuid4(), "job", "pipeline", parse_pipeline_definition(FAN_IN), layout)
+    for operator in ("segment", "reader", "writer"):
+        assert layout.outbox_dir(operator) == tmp_path / "outbox" / operator
+        assert layout.outbox_dir(operator).is_dir()  # the operator's driver writes it

@@ -3,10 +3,12 @@
 Settings come from the environment (the platform's variables, plus these):
 
 * ``RELIABILITY_MODE``: what execute does: ``succeed`` (default), ``fail``, ``hang`` (never
-  returns), ``go`` (waits for a ``go`` command on the control channel, then succeeds).
+  returns), ``go`` (waits for a ``go`` command on the control channel, then succeeds),
+  ``go-fail`` (waits for ``go``, then fails).
 * ``RELIABILITY_CLEANUP``: ``succeed`` (default) or ``hang``.
 * ``RELIABILITY_CONTROL``: ``host:port`` of the test's control channel (optional).
 * ``RELIABILITY_GRACE``: the driver's grace period in seconds (default 2).
+* ``RELIABILITY_REPORT``: the driver's report budget in seconds (default 60).
 
 Every event is written as one JSON line to stdout, and to the control channel when there is
 one: ``hello`` (with the pid), each notification kind, ``execute``, ``cleanup``, ``result``
@@ -30,6 +32,7 @@ STAGE = os.environ.get("NVIDIA_CLARA_STAGENAME", "stage")
 MODE = os.environ.get("RELIABILITY_MODE", "succeed")
 CLEANUP = os.environ.get("RELIABILITY_CLEANUP", "succeed")
 GRACE = float(os.environ.get("RELIABILITY_GRACE", "2"))
+REPORT = float(os.environ.get("RELIABILITY_REPORT", "60"))
 
 _lock = threading.Lock()
 _go = threading.Event()
@@ -58,11 +61,11 @@ def execute(driver: clara.Driver[None], payload: clara.Payload) -> bool:
     send("execute")
     if MODE == "hang":
         _never.wait()
-    if MODE == "go":
+    if MODE in ("go", "go-fail"):
         while not _go.wait(0.05):
             if driver.cancel_requested:
                 return False
-    return MODE != "fail"
+    return MODE not in ("fail", "go-fail")
 
 
 def cleanup(driver: clara.Driver[None]) -> bool:
@@ -92,7 +95,7 @@ def main() -> int:
         timeouts=clara.DriverTimeouts(
             grace=timedelta(seconds=GRACE),
             connect=timedelta(seconds=60),
-            report=timedelta(seconds=60),
+            report=timedelta(seconds=REPORT),
         ),
         retry=clara.RetryConfig(initial=0.05, maximum=0.5),
     )

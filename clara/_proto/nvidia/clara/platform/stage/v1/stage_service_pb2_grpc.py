@@ -94,7 +94,10 @@ class StageServiceServicer:
         """CompleteStage reports the stage's outcome. It is idempotent on `report_id`: the first report
         moves the stage to a terminal state; a retry with the same `report_id` is acknowledged with
         the same answer and never applied twice; a report with another id is answered with the
-        state in force and `applied = false`.
+        state in force and `applied = false`. A platform that gives the stage an outbox folder
+        (NVIDIA_CLARA_OUTBOX) also applies the outcome record the driver wrote there, under the
+        same rule and `report_id`, when the operator's process ends: an outcome the driver could
+        not report within its budget is not lost (docs/contract.md, "The outbox").
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

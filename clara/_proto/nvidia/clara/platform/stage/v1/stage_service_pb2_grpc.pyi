@@ -63,7 +63,10 @@ class StageServiceStub:
     """CompleteStage reports the stage's outcome. It is idempotent on `report_id`: the first report
     moves the stage to a terminal state; a retry with the same `report_id` is acknowledged with
     the same answer and never applied twice; a report with another id is answered with the
-    state in force and `applied = false`.
+    state in force and `applied = false`. A platform that gives the stage an outbox folder
+    (NVIDIA_CLARA_OUTBOX) also applies the outcome record the driver wrote there, under the
+    same rule and `report_id`, when the operator's process ends: an outcome the driver could
+    not report within its budget is not lost (docs/contract.md, "The outbox").
     """
     @_builtins.property
     @_deprecated("""This method has been marked as deprecated using proto method options.""")
@@ -103,7 +106,10 @@ class StageServiceAsyncStub(StageServiceStub):
     """CompleteStage reports the stage's outcome. It is idempotent on `report_id`: the first report
     moves the stage to a terminal state; a retry with the same `report_id` is acknowledged with
     the same answer and never applied twice; a report with another id is answered with the
-    state in force and `applied = false`.
+    state in force and `applied = false`. A platform that gives the stage an outbox folder
+    (NVIDIA_CLARA_OUTBOX) also applies the outcome record the driver wrote there, under the
+    same rule and `report_id`, when the operator's process ends: an outcome the driver could
+    not report within its budget is not lost (docs/contract.md, "The outbox").
     """
     @_builtins.property
     @_deprecated("""This method has been marked as deprecated using proto method options.""")
@@ -158,7 +164,10 @@ class StageServiceServicer(metaclass=_abc_1.ABCMeta):
         """CompleteStage reports the stage's outcome. It is idempotent on `report_id`: the first report
         moves the stage to a terminal state; a retry with the same `report_id` is acknowledged with
         the same answer and never applied twice; a report with another id is answered with the
-        state in force and `applied = false`.
+        state in force and `applied = false`. A platform that gives the stage an outbox folder
+        (NVIDIA_CLARA_OUTBOX) also applies the outcome record the driver wrote there, under the
+        same rule and `report_id`, when the operator's process ends: an outcome the driver could
+        not report within its budget is not lost (docs/contract.md, "The outbox").
         """
 
     @_deprecated("""ReportStageEvent records what the driver is doing, so the platform can show progress.\nEvents are informational: they never change the stage's state. Superseded by\nReportStageEvents, which carries several events in one call; kept for older drivers.""")
