@@ -16,9 +16,13 @@ Set for every operator, in this order (later ones win):
    ``NVIDIA_CLARA_INPUT`` / ``NVIDIA_CLARA_OUTPUT``, ``NVIDIA_CLARA_LOGS`` and
    ``NVIDIA_CLARA_PUBLISHING``; each path is the folder the operator really uses (the one its
    stage context gives);
-4. the launcher's extra variables (e.g. the ``NVIDIA_CLARA_TLS_*`` files);
-5. the operator's ``variables`` from the pipeline definition;
-6. last, ``NVIDIA_CLARA_STAGE_TOKEN``, so that no variable of a pipeline can replace the
+4. ``CLARA_MOCK_MODEL_PATHS`` (:data:`MODEL_PATHS_VARIABLE`) for an operator that declares
+   ``models:``: every model as ``name:folder`` (``;`` between entries), the folder holding
+   the model's uploaded files (``/models/<name>`` in the sandbox); the mock's own name, as
+   the Clara docs give operators only an inference server's URI;
+5. the launcher's extra variables (e.g. the ``NVIDIA_CLARA_TLS_*`` files);
+6. the operator's ``variables`` from the pipeline definition;
+7. last, ``NVIDIA_CLARA_STAGE_TOKEN``, so that no variable of a pipeline can replace the
    platform-issued credential.
 
 The inference-server URIs (``NVIDIA_TRITON_HTTPURI``, ``NVIDIA_TRITON_GRPCURI``,
@@ -35,7 +39,10 @@ from pathlib import Path
 from clara import contract
 from server_mock._jobs import Job, StageSpec
 
-__all__ = ["PLATFORM_VARIABLES", "operator_environment"]
+__all__ = ["MODEL_PATHS_VARIABLE", "PLATFORM_VARIABLES", "operator_environment"]
+
+MODEL_PATHS_VARIABLE = "CLARA_MOCK_MODEL_PATHS"
+"""The mock's own variable giving an operator the folders of its declared ``models``."""
 
 _log = logging.getLogger("server_mock.runner")
 
@@ -58,6 +65,7 @@ PLATFORM_VARIABLES = frozenset(
         contract.ENV_TLS_CERT,
         contract.ENV_TLS_KEY,
         contract.ENV_TLS_SERVER_NAME,
+        MODEL_PATHS_VARIABLE,
     }
 )
 """The variables the platform decides for an operator: never inherited from the mock's own
@@ -111,6 +119,7 @@ def operator_environment(
         env[contract.ENV_INPUT] = stage.inputs[0].path
     if stage.outputs:
         env[contract.ENV_OUTPUT] = stage.outputs[0].path
+    _set_entries(env, MODEL_PATHS_VARIABLE, list(stage.models.items()), stage)
     env.update(extra or {})
     env.update(stage.variables)
     if stage_token is not None:

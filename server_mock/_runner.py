@@ -22,7 +22,8 @@ sent SIGTERM, then SIGKILL after ``kill_grace``.
 Two runners (``runner=``): ``"sandbox"`` runs each operator in a bubblewrap sandbox (see
 :mod:`server_mock._sandbox`): it sees its inputs and outputs at the paths its definition
 declares (the stage context gives those paths too), its inputs read-only, its own ``/tmp``,
-none of the host's other files, and nothing it starts outlives it. ``"process"`` runs it as a
+none of the host's other files, and nothing it starts outlives it; its declared ``models``
+read-only at ``/models/<name>``. ``"process"`` runs it as a
 plain process in its own session, and stops its whole process group and session. The default
 is the sandbox wherever bwrap works, else the process runner with a warning. With the process
 runner, a definition's command runs only when it runs a file of the command folder (see
@@ -82,6 +83,9 @@ RunnerKind = Literal["sandbox", "process"]
 """How operators run: in a bubblewrap sandbox, or as plain processes."""
 
 _log = logging.getLogger("server_mock.runner")
+
+# Where the sandbox shows an operator its declared models, read-only: /models/<name>.
+SANDBOX_MODELS_DIR = "/models"
 
 _PYTHON_NAMES = frozenset({"python", "python3", f"python3.{sys.version_info.minor}"})
 # The launcher decides these; an inherited value (e.g. from a developer's shell) must not leak.
@@ -413,13 +417,20 @@ class LocalProcessLauncher:
         if self.runner == "process":
             return _LaunchPlan([*prefix, *command], limits, gpus, None, len(command))
         stage = job.stage(operator.name).spec
-        mounts = [
-            StageMount(Path(ref.path), declared.path, writable=False)
-            for ref, declared in zip(stage.inputs, operator.inputs, strict=True)
-        ] + [
-            StageMount(Path(ref.path), declared.path, writable=True)
-            for ref, declared in zip(stage.outputs, operator.outputs, strict=True)
-        ]
+        mounts = (
+            [
+                StageMount(Path(ref.path), declared.path, writable=False)
+                for ref, declared in zip(stage.inputs, operator.inputs, strict=True)
+            ]
+            + [
+                StageMount(Path(ref.path), declared.path, writable=True)
+                for ref, declared in zip(stage.outputs, operator.outputs, strict=True)
+            ]
+            + [
+                StageMount(Path(folder), f"{SANDBOX_MODELS_DIR}/{name}", writable=False)
+                for name, folder in stage.models.items()
+            ]
+        )
         tls_files = [
             Path(self._extra_env[name]) for name in _TLS_FILE_VARIABLES if name in self._extra_env
         ]
@@ -574,4 +585,5 @@ def _declare_stage_paths(stage: Stage, operator: OperatorSpec) -> None:
             dataclasses.replace(ref, path=declared.path)
             for ref, declared in zip(spec.outputs, operator.outputs, strict=True)
         ),
+        models={name: f"{SANDBOX_MODELS_DIR}/{name}" for name in spec.models},
     )
