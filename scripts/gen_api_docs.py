@@ -123,7 +123,9 @@ OPERATOR_ONLY_VARIABLES = {
     "NVIDIA_CLARA_TRTISURI": (
         "The older name of the inference server's HTTP URI: the `name` a pipeline's "
         "`services` connection gives it (services are deprecated since Clara 0.7.1).",
-        "Not set (as above).",
+        "Set to `localhost:<port>` when a `services` connection names it (see "
+        "docs/pipeline-definitions.md, *Services and connections*; the mock starts no "
+        "service); otherwise not set.",
         f"{_BASE_INFERENCE} and the pipeline definitions that declare that service",
     ),
 }

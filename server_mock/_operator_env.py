@@ -26,8 +26,10 @@ Set for every operator, in this order (later ones win):
    platform-issued credential.
 
 The inference-server URIs (``NVIDIA_TRITON_HTTPURI``, ``NVIDIA_TRITON_GRPCURI``,
-``NVIDIA_CLARA_TRTISURI``) are not set: the mock runs no inference server. One inherited from
-the mock's environment, or given in ``variables``, reaches the operator unchanged.
+``NVIDIA_CLARA_TRTISURI``) are not set: the mock runs no inference server; a variable a
+``services`` connection names is set by the launcher (:func:`service_connections`). One
+inherited from the mock's environment, or given in ``variables``, reaches the operator
+unchanged.
 """
 
 from __future__ import annotations
@@ -37,9 +39,15 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from clara import contract
+from server_mock._definition import OperatorSpec
 from server_mock._jobs import Job, StageSpec
 
-__all__ = ["MODEL_PATHS_VARIABLE", "PLATFORM_VARIABLES", "operator_environment"]
+__all__ = [
+    "MODEL_PATHS_VARIABLE",
+    "PLATFORM_VARIABLES",
+    "operator_environment",
+    "service_connections",
+]
 
 MODEL_PATHS_VARIABLE = "CLARA_MOCK_MODEL_PATHS"
 """The mock's own variable giving an operator the folders of its declared ``models``."""
@@ -138,3 +146,19 @@ def _set_entries(
         # The entries still reach the driver in its stage context; only this variable cannot
         # carry them.
         _log.warning("stage %s: %s not set: %s", stage.name, variable, error)
+
+
+def service_connections(operator: OperatorSpec) -> dict[str, str]:
+    """The variables the operator's ``services`` connections name, as ``localhost:<port>``.
+
+    Each ``connections.http`` entry with a port gives its ``name`` the service's address
+    (e.g. ``NVIDIA_CLARA_TRTISURI=localhost:8000``, as NVIDIA's base inference operator reads
+    it); the launcher adds these before the operator's own ``variables``, which win. File
+    connections are not set: the mock shares no volume with a service.
+    """
+    return {
+        connection.name: f"localhost:{connection.port}"
+        for service in operator.services
+        for connection in service.http_connections
+        if connection.port is not None
+    }

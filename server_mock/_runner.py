@@ -52,7 +52,7 @@ from clara import contract
 from server_mock._command_policy import check_definition_command, check_definition_variables
 from server_mock._definition import OperatorSpec, PipelineDefinition, expand_command
 from server_mock._jobs import Job, Stage, StageState
-from server_mock._operator_env import operator_environment
+from server_mock._operator_env import operator_environment, service_connections
 from server_mock._operator_process import OperatorProcess, start_operator_process
 from server_mock._resources import (
     ResourceAllocator,
@@ -339,7 +339,7 @@ class LocalProcessLauncher:
             publishing_dir=layout.publishing_dir(operator.name),
             stage_service=self._platform_address(),
             inherited=os.environ,
-            extra=self._extra_env,
+            extra={**service_connections(operator), **self._extra_env},
             stage_token=(
                 None if self._stage_token is None else self._stage_token(job.job_id, operator.name)
             ),
@@ -394,6 +394,7 @@ class LocalProcessLauncher:
 
     def _plan(self, job: Job, operator: OperatorSpec, layout: JobLayout) -> _LaunchPlan:
         """Settle the operator's argv and limits; refuse what cannot run, before any start."""
+        self._check_services(operator)
         command, from_definition = self._command(operator)
         rootfs = self.image_root_of(operator)
         if self.runner == "process" and not self._allow_definition_commands:
@@ -460,6 +461,34 @@ class LocalProcessLauncher:
         except ValueError as error:
             raise ValueError(f"operator {operator.name!r}: {error}") from None
         return _LaunchPlan([*prefix, *sandboxed], limits, gpus, rootfs, len(command))
+
+    def _check_services(self, operator: OperatorSpec) -> None:
+        """Refuse an operator whose ``services`` the mock cannot run (it starts none yet)."""
+        for index, service in enumerate(operator.services):
+            if service.container is None:
+                continue  # imported: refused by the definition's unsupported_for_start
+            names = [c.name for c in service.http_connections]
+            names += [c.name for c in service.file_connections]
+            if names and all(name in operator.variables for name in names):
+                continue  # the operator's variables point at a service run outside the mock
+            image = f"{service.container.image}:{service.container.tag}"
+            mapped = image in self._operator_map or service.container.image in self._operator_map
+            todo = (
+                "the mock does not start services yet, even mapped ones"
+                if mapped
+                else f"map the image {image!r} in an operator map (--operator-map) to a local "
+                "command (the mock does not start services yet, even mapped ones)"
+            )
+            todo += (
+                f"; or run the service yourself and set {', '.join(names)} in the operator's "
+                "variables"
+                if names
+                else ""
+            )
+            raise ValueError(
+                f"operator {operator.name!r}, field services[{index}]: service "
+                f"{service.name!r} (container {image}) cannot run here: {todo}"
+            )
 
     def _wrap_environment(self, env: dict[str, str], plan: _LaunchPlan) -> dict[str, str]:
         """Adjust the operator's environment to where it runs (sandbox, image, GPUs)."""
