@@ -103,10 +103,23 @@ OPERATOR_ONLY_VARIABLES = {
         "Not set (as above).",
         _MODEL_REPOSITORY,
     ),
+    "CLARA_MOCK_MODEL_PATHS": (
+        "The folders of the models the operator declares (`models:`): every model as "
+        "`name:folder`, `;` between entries (the `NVIDIA_CLARA_INPUTPATHS` format).",
+        "Set for an operator that declares `models:` (a missing model fails Jobs.Start with "
+        "`MODEL_NOT_FOUND`): each folder holds the uploaded model archive extracted, "
+        "read-only at `/models/<name>` in the sandbox, the model repository's own folder with "
+        "the process runner. Not set when a model's name is outside `[A-Za-z0-9_-]` (a "
+        "warning is logged).",
+        f"{_OURS}: a Clara platform gives the operator a Triton server preloaded with the "
+        f"models instead ({_MODEL_REPOSITORY}), which the mock does not run",
+    ),
     "NVIDIA_CLARA_TRTISURI": (
         "The older name of the inference server's HTTP URI: the `name` a pipeline's "
         "`services` connection gives it (services are deprecated since Clara 0.7.1).",
-        "Not set (as above).",
+        "Set to `localhost:<port>` when a `services` connection names it (see "
+        "docs/pipeline-definitions.md, *Services and connections*; the mock starts no "
+        "service); otherwise not set.",
         f"{_BASE_INFERENCE} and the pipeline definitions that declare that service",
     ),
     "CUDA_VISIBLE_DEVICES": (

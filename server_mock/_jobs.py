@@ -131,13 +131,18 @@ class OutputRef:
 
 @dataclass(frozen=True, slots=True)
 class StageSpec:
-    """What the platform knows of a stage before the job starts."""
+    """What the platform knows of a stage before the job starts.
+
+    ``models`` maps each model the operator declares (``models:``) to the folder it sees the
+    model's files in; set when the job starts.
+    """
 
     name: str
     inputs: tuple[InputRef, ...] = ()
     outputs: tuple[OutputRef, ...] = ()
     timeout: timedelta = DEFAULT_STAGE_TIMEOUT
     variables: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    models: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
     @property
     def upstream(self) -> frozenset[str]:

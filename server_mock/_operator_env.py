@@ -16,14 +16,20 @@ Set for every operator, in this order (later ones win):
    ``NVIDIA_CLARA_INPUT`` / ``NVIDIA_CLARA_OUTPUT``, ``NVIDIA_CLARA_LOGS``,
    ``NVIDIA_CLARA_PUBLISHING`` and (this project's own) ``NVIDIA_CLARA_OUTBOX``; each path is
    the folder the operator really uses (the one its stage context gives);
-4. the launcher's extra variables (e.g. the ``NVIDIA_CLARA_TLS_*`` files);
-5. the operator's ``variables`` from the pipeline definition;
-6. last, ``NVIDIA_CLARA_STAGE_TOKEN``, so that no variable of a pipeline can replace the
+4. ``CLARA_MOCK_MODEL_PATHS`` (:data:`MODEL_PATHS_VARIABLE`) for an operator that declares
+   ``models:``: every model as ``name:folder`` (``;`` between entries), the folder holding
+   the model's uploaded files (``/models/<name>`` in the sandbox); the mock's own name, as
+   the Clara docs give operators only an inference server's URI;
+5. the launcher's extra variables (e.g. the ``NVIDIA_CLARA_TLS_*`` files);
+6. the operator's ``variables`` from the pipeline definition;
+7. last, ``NVIDIA_CLARA_STAGE_TOKEN``, so that no variable of a pipeline can replace the
    platform-issued credential.
 
 The inference-server URIs (``NVIDIA_TRITON_HTTPURI``, ``NVIDIA_TRITON_GRPCURI``,
-``NVIDIA_CLARA_TRTISURI``) are not set: the mock runs no inference server. One inherited from
-the mock's environment, or given in ``variables``, reaches the operator unchanged.
+``NVIDIA_CLARA_TRTISURI``) are not set: the mock runs no inference server; a variable a
+``services`` connection names is set by the launcher (:func:`service_connections`). One
+inherited from the mock's environment, or given in ``variables``, reaches the operator
+unchanged.
 """
 
 from __future__ import annotations
@@ -33,9 +39,18 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from clara import contract
+from server_mock._definition import OperatorSpec
 from server_mock._jobs import Job, StageSpec
 
-__all__ = ["PLATFORM_VARIABLES", "operator_environment"]
+__all__ = [
+    "MODEL_PATHS_VARIABLE",
+    "PLATFORM_VARIABLES",
+    "operator_environment",
+    "service_connections",
+]
+
+MODEL_PATHS_VARIABLE = "CLARA_MOCK_MODEL_PATHS"
+"""The mock's own variable giving an operator the folders of its declared ``models``."""
 
 _log = logging.getLogger("server_mock.runner")
 
@@ -59,6 +74,7 @@ PLATFORM_VARIABLES = frozenset(
         contract.ENV_TLS_CERT,
         contract.ENV_TLS_KEY,
         contract.ENV_TLS_SERVER_NAME,
+        MODEL_PATHS_VARIABLE,
     }
 )
 """The variables the platform decides for an operator: never inherited from the mock's own
@@ -117,6 +133,7 @@ def operator_environment(
         env[contract.ENV_INPUT] = stage.inputs[0].path
     if stage.outputs:
         env[contract.ENV_OUTPUT] = stage.outputs[0].path
+    _set_entries(env, MODEL_PATHS_VARIABLE, list(stage.models.items()), stage)
     env.update(extra or {})
     env.update(stage.variables)
     if stage_token is not None:
@@ -135,3 +152,19 @@ def _set_entries(
         # The entries still reach the driver in its stage context; only this variable cannot
         # carry them.
         _log.warning("stage %s: %s not set: %s", stage.name, variable, error)
+
+
+def service_connections(operator: OperatorSpec) -> dict[str, str]:
+    """The variables the operator's ``services`` connections name, as ``localhost:<port>``.
+
+    Each ``connections.http`` entry with a port gives its ``name`` the service's address
+    (e.g. ``NVIDIA_CLARA_TRTISURI=localhost:8000``, as NVIDIA's base inference operator reads
+    it); the launcher adds these before the operator's own ``variables``, which win. File
+    connections are not set: the mock shares no volume with a service.
+    """
+    return {
+        connection.name: f"localhost:{connection.port}"
+        for service in operator.services
+        for connection in service.http_connections
+        if connection.port is not None
+    }

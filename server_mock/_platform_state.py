@@ -222,8 +222,18 @@ class PlatformState:
                     f"job {job_id.hex} was {job.state.value} while its inputs were copied",
                 )
             definition = _definition_for_start(job, record, variables or {})
+            model_dirs = self._model_dirs(definition)
             if variables:
                 record.variables = dict(variables)
+            for operator in definition.operators:
+                if operator.models:
+                    stage = job.stage(operator.name)
+                    stage.spec = dataclasses.replace(
+                        stage.spec,
+                        models=MappingProxyType(
+                            {m.name: str(model_dirs[m.name]) for m in operator.models}
+                        ),
+                    )
             try:
                 await self.launcher.start(job, definition, record.layout)
             except Exception as error:
@@ -237,6 +247,30 @@ class PlatformState:
             return job
         finally:
             record.starting = False
+
+    def _model_dirs(self, definition: PipelineDefinition) -> dict[str, Path]:
+        """The folder of every model the definition's operators declare.
+
+        Raises:
+            ApiError: ``MODEL_NOT_FOUND``, naming the operator and the model, when a declared
+                model is not in the model repository (nothing is launched then).
+        """
+        folders: dict[str, Path] = {}
+        missing: list[str] = []
+        for operator in definition.operators:
+            for index, model in enumerate(operator.models):
+                folder = self.models.find(model.name)
+                if folder is None:
+                    missing.append(
+                        f"operator {operator.name!r}, field models[{index}].name: model "
+                        f"{model.name!r} is not in the model repository (upload it with "
+                        "Models.CreateModel first)"
+                    )
+                else:
+                    folders[model.name] = folder
+        if missing:
+            raise ApiError(ErrorCode.MODEL_NOT_FOUND, "; ".join(missing))
+        return folders
 
     def set_job_metadata(self, job: Job, metadata: dict[str, str]) -> None:
         """Replace the metadata of a job made through the Jobs API, saved before the ack.

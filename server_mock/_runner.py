@@ -23,7 +23,8 @@ sent SIGTERM, then SIGKILL after ``kill_grace``.
 Two runners (``runner=``): ``"sandbox"`` runs each operator in a bubblewrap sandbox (see
 :mod:`server_mock._sandbox`): it sees its inputs and outputs at the paths its definition
 declares (the stage context gives those paths too), its inputs read-only, its own ``/tmp``,
-none of the host's other files, and nothing it starts outlives it. ``"process"`` runs it as a
+none of the host's other files, and nothing it starts outlives it; its declared ``models``
+read-only at ``/models/<name>``. ``"process"`` runs it as a
 plain process in its own session, and stops its whole process group and session. The default
 is the sandbox wherever bwrap works, else the process runner with a warning. With the process
 runner, a definition's command runs only when it runs a file of the command folder (see
@@ -52,7 +53,7 @@ from clara import contract
 from server_mock._command_policy import check_definition_command, check_definition_variables
 from server_mock._definition import OperatorSpec, PipelineDefinition, expand_command
 from server_mock._jobs import Job, Stage, StageState
-from server_mock._operator_env import operator_environment
+from server_mock._operator_env import operator_environment, service_connections
 from server_mock._operator_process import OperatorProcess, start_operator_process
 from server_mock._outbox import apply_outbox
 from server_mock._resources import (
@@ -84,6 +85,9 @@ RunnerKind = Literal["sandbox", "process"]
 """How operators run: in a bubblewrap sandbox, or as plain processes."""
 
 _log = logging.getLogger("server_mock.runner")
+
+# Where the sandbox shows an operator its declared models, read-only: /models/<name>.
+SANDBOX_MODELS_DIR = "/models"
 
 _PYTHON_NAMES = frozenset({"python", "python3", f"python3.{sys.version_info.minor}"})
 # The launcher decides these; an inherited value (e.g. from a developer's shell) must not leak.
@@ -338,7 +342,7 @@ class LocalProcessLauncher:
             outbox_dir=layout.outbox_dir(operator.name),
             stage_service=self._platform_address(),
             inherited=os.environ,
-            extra=self._extra_env,
+            extra={**service_connections(operator), **self._extra_env},
             stage_token=(
                 None if self._stage_token is None else self._stage_token(job.job_id, operator.name)
             ),
@@ -396,6 +400,7 @@ class LocalProcessLauncher:
 
     def _plan(self, job: Job, operator: OperatorSpec, layout: JobLayout) -> _LaunchPlan:
         """Settle the operator's argv and limits; refuse what cannot run, before any start."""
+        self._check_services(operator)
         command, from_definition = self._command(operator)
         rootfs = self.image_root_of(operator)
         if self.runner == "process" and not self._allow_definition_commands:
@@ -419,13 +424,20 @@ class LocalProcessLauncher:
         if self.runner == "process":
             return _LaunchPlan([*prefix, *command], limits, gpus, None, len(command))
         stage = job.stage(operator.name).spec
-        mounts = [
-            StageMount(Path(ref.path), declared.path, writable=False)
-            for ref, declared in zip(stage.inputs, operator.inputs, strict=True)
-        ] + [
-            StageMount(Path(ref.path), declared.path, writable=True)
-            for ref, declared in zip(stage.outputs, operator.outputs, strict=True)
-        ]
+        mounts = (
+            [
+                StageMount(Path(ref.path), declared.path, writable=False)
+                for ref, declared in zip(stage.inputs, operator.inputs, strict=True)
+            ]
+            + [
+                StageMount(Path(ref.path), declared.path, writable=True)
+                for ref, declared in zip(stage.outputs, operator.outputs, strict=True)
+            ]
+            + [
+                StageMount(Path(folder), f"{SANDBOX_MODELS_DIR}/{name}", writable=False)
+                for name, folder in stage.models.items()
+            ]
+        )
         tls_files = [
             Path(self._extra_env[name]) for name in _TLS_FILE_VARIABLES if name in self._extra_env
         ]
@@ -459,6 +471,34 @@ class LocalProcessLauncher:
         except ValueError as error:
             raise ValueError(f"operator {operator.name!r}: {error}") from None
         return _LaunchPlan([*prefix, *sandboxed], limits, gpus, rootfs, len(command))
+
+    def _check_services(self, operator: OperatorSpec) -> None:
+        """Refuse an operator whose ``services`` the mock cannot run (it starts none yet)."""
+        for index, service in enumerate(operator.services):
+            if service.container is None:
+                continue  # imported: refused by the definition's unsupported_for_start
+            names = [c.name for c in service.http_connections]
+            names += [c.name for c in service.file_connections]
+            if names and all(name in operator.variables for name in names):
+                continue  # the operator's variables point at a service run outside the mock
+            image = f"{service.container.image}:{service.container.tag}"
+            mapped = image in self._operator_map or service.container.image in self._operator_map
+            todo = (
+                "the mock does not start services yet, even mapped ones"
+                if mapped
+                else f"map the image {image!r} in an operator map (--operator-map) to a local "
+                "command (the mock does not start services yet, even mapped ones)"
+            )
+            todo += (
+                f"; or run the service yourself and set {', '.join(names)} in the operator's "
+                "variables"
+                if names
+                else ""
+            )
+            raise ValueError(
+                f"operator {operator.name!r}, field services[{index}]: service "
+                f"{service.name!r} (container {image}) cannot run here: {todo}"
+            )
 
     def _wrap_environment(self, env: dict[str, str], plan: _LaunchPlan) -> dict[str, str]:
         """Adjust the operator's environment to where it runs (sandbox, image, GPUs)."""
@@ -588,4 +628,5 @@ def _declare_stage_paths(stage: Stage, operator: OperatorSpec) -> None:
             dataclasses.replace(ref, path=declared.path)
             for ref, declared in zip(spec.outputs, operator.outputs, strict=True)
         ),
+        models={name: f"{SANDBOX_MODELS_DIR}/{name}" for name in spec.models},
     )
