@@ -92,27 +92,52 @@ def linked_libraries(binaries: list[str]) -> list[str]:
     return [path for path in found if path.startswith("/")]
 
 
+def place(root: Path, source: Path, target: Path) -> None:
+    """Put the host file ``source`` at ``target`` inside ``root`` (a hard link, else a copy)."""
+    inside = root / str(target).lstrip("/")
+    if inside.exists():
+        return
+    inside.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(source, inside)
+    except OSError:
+        shutil.copy2(source, inside)
+
+
+# The image's Python is the base interpreter, with the venv's packages (and the checkout's
+# clara) installed into its own site-packages: paths of the venv or the checkout may lie under
+# /tmp, which the sandbox covers with the operator's private /tmp.
+IMAGE_PYTHON = os.path.realpath(sys.executable)
+IMAGE_SITE_PACKAGES = Path(
+    sys.base_prefix, "lib", f"python3.{sys.version_info.minor}", "site-packages"
+)
+
+
 def build_image(root: Path) -> None:
     collected = subprocess.run(
         [sys.executable, "-c", COLLECT], capture_output=True, text=True, timeout=WAIT, check=True
     )
     files: list[str] = json.loads(collected.stdout.strip().splitlines()[-1])
-    files += [sys.executable, "/etc/ld.so.cache"]
-    files += linked_libraries([os.path.realpath(sys.executable), *(f for f in files if ".so" in f)])
+    files += [IMAGE_PYTHON, "/etc/ld.so.cache"]
+    files += linked_libraries([IMAGE_PYTHON, *(f for f in files if ".so" in f)])
     site_packages = Path(grpc.__file__).parent.parent
-    files += [str(p) for p in site_packages.glob("*.pth")]
-    files += [str(Path(sys.prefix) / "pyvenv.cfg")]
-    packages = [Path(grpc.__file__).parent, Path(clara.__file__).parent]
+    clara_package = Path(clara.__file__).parent
+    packages = [Path(grpc.__file__).parent, clara_package]
     packages.append(Path(encodings.__file__).parent)  # codecs are found by the locale's name
     for package in packages:
         files += [
             str(p) for p in package.rglob("*") if p.is_file() and "__pycache__" not in p.parts
         ]
     for path in files:
-        mirror(root, path)
-    for prefix in {sys.base_exec_prefix, sys.exec_prefix}:
-        dynload = Path(prefix, "lib", f"python3.{sys.version_info.minor}", "lib-dynload")
-        (root / str(dynload).lstrip("/")).mkdir(parents=True, exist_ok=True)
+        host = Path(path)
+        if host.is_relative_to(clara_package):
+            place(root, host, IMAGE_SITE_PACKAGES / "clara" / host.relative_to(clara_package))
+        elif host.is_relative_to(site_packages):
+            place(root, host, IMAGE_SITE_PACKAGES / host.relative_to(site_packages))
+        elif host != Path(sys.executable):
+            mirror(root, path)
+    dynload = Path(sys.base_exec_prefix, "lib", f"python3.{sys.version_info.minor}", "lib-dynload")
+    (root / str(dynload).lstrip("/")).mkdir(parents=True, exist_ok=True)
     (root / "etc").mkdir(exist_ok=True)
     (root / "etc" / "image-release").write_text("test image 1\n")
     (root / "opt" / "op").mkdir(parents=True)
@@ -141,7 +166,7 @@ def test_an_operator_runs_inside_its_image_root(tmp_path: Path) -> None:
     (tmp_path / "pipeline.yaml").write_text(
         "api-version: 0.4.0\nname: image\noperators:\n"
         "- name: inside\n"
-        f"  container: {{image: t/image, tag: '1', command: [{sys.executable}, /opt/op/op.py]}}\n"
+        f"  container: {{image: t/image, tag: '1', command: [{IMAGE_PYTHON}, /opt/op/op.py]}}\n"
         f"  variables:\n    OPERATOR_CODE: |\n{body}\n"
         "  input: [{path: /input}]\n  output: [{path: /output}]\n"
     )
