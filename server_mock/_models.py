@@ -42,6 +42,7 @@ from pathlib import Path, PurePosixPath
 from typing import BinaryIO, Final
 
 from server_mock._errors import ApiError, ErrorCode
+from server_mock._saved_metadata import replace_metadata
 
 __all__ = [
     "MAX_MODEL_FILES",
@@ -384,13 +385,7 @@ class ModelRepository:
 
         If saving fails, the old metadata is put back and the error propagates.
         """
-        before, record.metadata = record.metadata, metadata
-        if self.on_model_saved is not None:
-            try:
-                self.on_model_saved(record)
-            except BaseException:
-                record.metadata = before
-                raise
+        replace_metadata(record, metadata, self.on_model_saved, record)
 
     def delete(self, model_id: uuid.UUID) -> ModelRecord:
         """Forget a model, remove its files, and drop it from every catalog and instance.

@@ -31,6 +31,7 @@ from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
 from server_mock._errors import ApiError, ErrorCode
+from server_mock._saved_metadata import replace_metadata
 
 __all__ = [
     "CHUNK_SIZE",
@@ -291,13 +292,7 @@ class PayloadStore:
 
         If saving fails, the old metadata is put back and the error propagates.
         """
-        before, record.metadata = record.metadata, metadata
-        if self.on_saved is not None:
-            try:
-                self.on_saved(record)
-            except BaseException:
-                record.metadata = before
-                raise
+        replace_metadata(record, metadata, self.on_saved, record)
 
     def get(self, payload_id: uuid.UUID) -> PayloadRecord:
         """Return the payload with this id.

@@ -17,6 +17,7 @@ from server_mock._definition import (
     parse_pipeline_definition,
 )
 from server_mock._errors import ApiError, ErrorCode
+from server_mock._saved_metadata import replace_metadata
 
 __all__ = ["DEFAULT_DEFINITION_PATH", "PipelineRecord", "PipelineStore"]
 
@@ -133,13 +134,7 @@ class PipelineStore:
 
         If saving fails, the old metadata is put back and the error propagates.
         """
-        before, record.metadata = record.metadata, metadata
-        if self.on_saved is not None:
-            try:
-                self.on_saved(record)
-            except BaseException:
-                record.metadata = before
-                raise
+        replace_metadata(record, metadata, self.on_saved, record)
 
     def update(self, pipeline_id: uuid.UUID, text: str, path: str = "") -> PipelineRecord:
         """Replace a pipeline's definition (jobs already created keep theirs).

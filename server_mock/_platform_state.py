@@ -28,6 +28,7 @@ from server_mock._jobs import Job, JobState, JobStore, StageState, UnknownJobErr
 from server_mock._models import ModelRepository
 from server_mock._payloads import PayloadRecord, PayloadStore, PayloadType, copy_files
 from server_mock._pipelines import PipelineStore
+from server_mock._saved_metadata import replace_metadata
 from server_mock._workspace import JobLayout, build_job
 
 __all__ = ["InProcessLauncher", "JobRecord", "PlatformState", "StageLauncher"]
@@ -285,13 +286,7 @@ class PlatformState:
                 ErrorCode.INVALID_JOB_REQUEST,
                 f"job {job.job_id.hex} was not created through the Jobs API: it has no metadata",
             )
-        before, record.metadata = record.metadata, metadata
-        if job.on_change is not None:
-            try:
-                job.on_change(job)
-            except BaseException:
-                record.metadata = before
-                raise
+        replace_metadata(record, metadata, job.on_change, job)
 
     def payload_job(self, payload: PayloadRecord) -> Job | None:
         """The job owning a pipeline payload, if it is known."""
