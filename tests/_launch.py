@@ -102,11 +102,11 @@ class Platform:
             return PlatformClient(address)
         return PlatformClient(address, channel=grpc.secure_channel(address, self._credentials))
 
-    def submit(self, definition: str, inputs: dict[str, str] | None = None) -> uuid.UUID:
-        """Create the pipeline, upload ``inputs`` and start a job; return its id.
+    def create(self, definition: str, inputs: dict[str, str] | None = None) -> uuid.UUID:
+        """Create the pipeline, upload ``inputs`` and create (not start) a job; return its id.
 
         Raises:
-            PlatformApiError: The platform refused a request (e.g. Jobs.Start).
+            PlatformApiError: The platform refused a request.
         """
         folder = self._root / f"submit-{uuid.uuid4().hex[:8]}"
         (folder / "input").mkdir(parents=True)
@@ -117,7 +117,17 @@ class Platform:
             pipeline_id = client.create_pipeline(folder / "pipeline.yaml")
             payload_id = client.create_payload()
             client.upload_folder(payload_id, folder / "input")
-            job_id = client.create_job(pipeline_id, "job", [payload_id])
+            job_id: uuid.UUID = client.create_job(pipeline_id, "job", [payload_id])
+        return job_id
+
+    def submit(self, definition: str, inputs: dict[str, str] | None = None) -> uuid.UUID:
+        """Create the pipeline, upload ``inputs`` and start a job; return its id.
+
+        Raises:
+            PlatformApiError: The platform refused a request (e.g. Jobs.Start).
+        """
+        job_id = self.create(definition, inputs)
+        with self.client() as client:
             client.start_job(job_id)
         return job_id
 

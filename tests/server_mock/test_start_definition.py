@@ -78,19 +78,6 @@ def _start(
         return response
 
 
-def _created_job(running: object, tmp_path: Path, definition: str) -> uuid.UUID:
-    folder = tmp_path / f"job-{uuid.uuid4().hex[:6]}"
-    (folder / "input").mkdir(parents=True)
-    (folder / "input" / "in.txt").write_text("input\n")
-    (folder / "pipeline.yaml").write_text(definition)
-    with running.client() as client:  # type: ignore[attr-defined]
-        pipeline_id = client.create_pipeline(folder / "pipeline.yaml")
-        payload_id = client.create_payload()
-        client.upload_folder(payload_id, folder / "input")
-        job_id: uuid.UUID = client.create_job(pipeline_id, "job", [payload_id])
-    return job_id
-
-
 @pytest.mark.parametrize(
     ("variables", "said"),
     [({}, "hello calm"), ({"greeting": "bonjour"}, "bonjour calm")],
@@ -99,7 +86,7 @@ def test_start_fills_the_template_from_the_jobs_named_values(
     tmp_path: Path, variables: dict[str, str], said: str
 ) -> None:
     with platform(tmp_path, runner="process") as running:
-        job_id = _created_job(running, tmp_path, TEMPLATE)
+        job_id = running.create(TEMPLATE)
         assert _start(running.mock.address, job_id, variables).header.code == 0
         job = running.mock.wait_for_job(job_id, WAIT)
         assert job.state is JobState.SUCCEEDED, job.message
@@ -109,7 +96,7 @@ def test_start_fills_the_template_from_the_jobs_named_values(
 
 def test_start_refuses_an_argument_the_template_does_not_declare(tmp_path: Path) -> None:
     with platform(tmp_path, runner="process") as running:
-        job_id = _created_job(running, tmp_path, TEMPLATE)
+        job_id = running.create(TEMPLATE)
         response = _start(running.mock.address, job_id, {"colour": "blue"})
         assert response.header.code < 0
         assert "colour" in "\n".join(response.header.messages)
@@ -118,7 +105,7 @@ def test_start_refuses_an_argument_the_template_does_not_declare(tmp_path: Path)
 
 def test_start_refuses_shared_memory_naming_the_operator_and_field(tmp_path: Path) -> None:
     with platform(tmp_path, runner="process") as running:
-        job_id = _created_job(running, tmp_path, SHARED_MEMORY)
+        job_id = running.create(SHARED_MEMORY)
         response = _start(running.mock.address, job_id, {})
         messages = "\n".join(response.header.messages)
         assert response.header.code < 0

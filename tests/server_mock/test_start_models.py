@@ -63,19 +63,6 @@ def _upload_model(address: str, name: str) -> None:
     assert response.header.code == 0, response.header.messages
 
 
-def _created_job(running: object, tmp_path: Path, definition: str) -> uuid.UUID:
-    folder = tmp_path / f"job-{uuid.uuid4().hex[:6]}"
-    (folder / "input").mkdir(parents=True)
-    (folder / "input" / "in.txt").write_text("input\n")
-    (folder / "pipeline.yaml").write_text(definition)
-    with running.client() as client:  # type: ignore[attr-defined]
-        pipeline_id = client.create_pipeline(folder / "pipeline.yaml")
-        payload_id = client.create_payload()
-        client.upload_folder(payload_id, folder / "input")
-        job_id: uuid.UUID = client.create_job(pipeline_id, "job", [payload_id])
-    return job_id
-
-
 def _start(address: str, job_id: uuid.UUID) -> jobs_pb2.JobsStartResponse:
     with grpc.insecure_channel(address) as channel:
         response: jobs_pb2.JobsStartResponse = jobs_pb2_grpc.JobsStub(channel).Start(
@@ -89,7 +76,7 @@ def _start(address: str, job_id: uuid.UUID) -> jobs_pb2.JobsStartResponse:
 def test_an_operator_reads_its_declared_model_files(tmp_path: Path, runner: str) -> None:
     with platform(tmp_path, runner=runner) as running:
         _upload_model(running.mock.address, "liver")
-        job_id = _created_job(running, tmp_path, WITH_MODEL)
+        job_id = running.create(WITH_MODEL)
         assert _start(running.mock.address, job_id).header.code == 0
         job = running.mock.wait_for_job(job_id, WAIT)
         assert job.state is JobState.SUCCEEDED, job.message
@@ -104,7 +91,7 @@ def test_an_operator_reads_its_declared_model_files(tmp_path: Path, runner: str)
 
 def test_start_refuses_a_model_the_repository_does_not_hold(tmp_path: Path) -> None:
     with platform(tmp_path, runner="process") as running:
-        job_id = _created_job(running, tmp_path, WITH_MODEL)
+        job_id = running.create(WITH_MODEL)
         response = _start(running.mock.address, job_id)
         messages = "\n".join(response.header.messages)
         assert response.header.code == ErrorCode.MODEL_NOT_FOUND
