@@ -26,10 +26,10 @@ Set for every operator, in this order (later ones win):
    platform-issued credential.
 
 The inference-server URIs (``NVIDIA_TRITON_HTTPURI``, ``NVIDIA_TRITON_GRPCURI``,
-``NVIDIA_CLARA_TRTISURI``) are not set: the mock runs no inference server; a variable a
-``services`` connection names is set by the launcher (:func:`service_connections`). One
-inherited from the mock's environment, or given in ``variables``, reaches the operator
-unchanged.
+``NVIDIA_CLARA_TRTISURI``) are not set: the mock runs no inference server of its own; a
+variable a ``services`` connection names is set by the launcher to the address of the
+service it started for the job (:mod:`server_mock._services`). One inherited from the mock's
+environment, or given in ``variables``, reaches the operator unchanged.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ from server_mock._jobs import Job, StageSpec
 __all__ = [
     "MODEL_PATHS_VARIABLE",
     "PLATFORM_VARIABLES",
+    "image_environment",
     "operator_environment",
     "service_connections",
 ]
@@ -79,6 +80,10 @@ PLATFORM_VARIABLES = frozenset(
 )
 """The variables the platform decides for an operator: never inherited from the mock's own
 environment."""
+
+# Host variables that describe the mock's Python, not an image's.
+_HOST_ONLY_VARIABLES = ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "LD_LIBRARY_PATH", "LD_PRELOAD")
+_IMAGE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 def operator_environment(
@@ -159,8 +164,10 @@ def service_connections(operator: OperatorSpec) -> dict[str, str]:
 
     Each ``connections.http`` entry with a port gives its ``name`` the service's address
     (e.g. ``NVIDIA_CLARA_TRTISURI=localhost:8000``, as NVIDIA's base inference operator reads
-    it); the launcher adds these before the operator's own ``variables``, which win. File
-    connections are not set: the mock shares no volume with a service.
+    it); the launcher adds these before the operator's own ``variables``, which win, and
+    replaces each port by the one it gave the service it started
+    (:meth:`server_mock._services.JobServices.addresses_for`). File connections are not set:
+    the mock shares no volume with a service.
     """
     return {
         connection.name: f"localhost:{connection.port}"
@@ -168,3 +175,18 @@ def service_connections(operator: OperatorSpec) -> dict[str, str]:
         for connection in service.http_connections
         if connection.port is not None
     }
+
+
+def image_environment(env: dict[str, str], *, image_root: bool) -> dict[str, str]:
+    """Adjust ``env`` (in place) to a process in a sandbox, in an image root or on the host's.
+
+    The host's ``TMPDIR`` may not exist inside (the sandbox has its own ``/tmp``); in an image
+    root the mock's Python variables and ``PATH`` describe the wrong system.
+    """
+    if "TMPDIR" in env:
+        env["TMPDIR"] = "/tmp"
+    if image_root:
+        for name in _HOST_ONLY_VARIABLES:
+            env.pop(name, None)
+        env["PATH"] = _IMAGE_PATH
+    return env

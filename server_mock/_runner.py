@@ -30,6 +30,11 @@ is the sandbox wherever bwrap works, else the process runner with a warning. Wit
 runner, a definition's command runs only when it runs a file of the command folder (see
 :mod:`server_mock._command_policy`) unless ``allow_definition_commands``. Each operator's
 ``requests`` become limits (see :mod:`server_mock._resources`).
+
+The services the operators declare (``services``) run the same way (operator map first, then
+the container's command, in the same runner), each started before the job's operators and
+stopped after them (see :mod:`server_mock._services`); one the mock cannot run is refused
+before anything starts.
 """
 
 from __future__ import annotations
@@ -51,9 +56,18 @@ import yaml
 
 from clara import contract
 from server_mock._command_policy import check_definition_command, check_definition_variables
-from server_mock._definition import OperatorSpec, PipelineDefinition, expand_command
+from server_mock._definition import (
+    ContainerSpec,
+    OperatorSpec,
+    PipelineDefinition,
+    expand_command,
+)
 from server_mock._jobs import Job, Stage, StageState
-from server_mock._operator_env import operator_environment, service_connections
+from server_mock._operator_env import (
+    image_environment,
+    operator_environment,
+    service_connections,
+)
 from server_mock._operator_process import OperatorProcess, start_operator_process
 from server_mock._outbox import apply_outbox
 from server_mock._resources import (
@@ -68,8 +82,10 @@ from server_mock._sandbox import (
     SandboxUnavailableError,
     StageMount,
     bwrap_problem,
+    program_dirs,
     sandbox_command,
 )
+from server_mock._services import JobServices, ServiceLauncher, ServiceRunner
 from server_mock._workspace import JobLayout
 
 __all__ = [
@@ -106,9 +122,6 @@ _DRIVER_VARIABLES = (
     contract.ENV_TLS_SERVER_NAME,
 )
 _TLS_FILE_VARIABLES = (contract.ENV_TLS_CA, contract.ENV_TLS_CERT, contract.ENV_TLS_KEY)
-# Host variables that describe the mock's Python, not an image's.
-_HOST_ONLY_VARIABLES = ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "LD_LIBRARY_PATH", "LD_PRELOAD")
-_IMAGE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _NOT_ISOLATED = (
     "operators run as plain processes of this user, not in a sandbox: they can read and write "
     "every file this user can (other jobs' folders, the state file, the home), share /tmp, "
@@ -128,12 +141,14 @@ class RunnerTimeouts:
         timeout_grace: Past the stage timeout, how long the driver has to report TIMED_OUT
             itself before the platform times the stage out and stops the process.
         exit_grace: After the stage ended, how long the process has to exit on its own.
-        kill_grace: After SIGTERM, how long before SIGKILL.
+        kill_grace: After SIGTERM, how long before SIGKILL (operators and services).
+        service_ready: How long a service has to accept connections on its ports.
     """
 
     timeout_grace: float = 20.0
     exit_grace: float = 30.0
     kill_grace: float = 15.0
+    service_ready: float = 20.0
 
 
 def load_operator_map(path: Path) -> dict[str, list[str]]:
@@ -278,6 +293,19 @@ class LocalProcessLauncher:
         self.runner: RunnerKind = choose_runner(runner, self._sandbox)
         self._allow_definition_commands = allow_definition_commands
         self._resources = ResourceAllocator()
+        self._services = ServiceLauncher(
+            ServiceRunner(
+                command_dir,
+                self._sandbox if self.runner == "sandbox" else None,
+                allow_definition_commands=allow_definition_commands,
+                command_of=self._container_command,
+                image_root_of=self._image_root,
+                python_names=_PYTHON_NAMES,
+            ),
+            os.environ,
+            ready_timeout=self._timeouts.service_ready,
+            kill_grace=self._timeouts.kill_grace,
+        )
         self._tasks: set[asyncio.Task[None]] = set()
         self.exit_codes: dict[tuple[str, str], int] = {}
 
@@ -306,32 +334,46 @@ class LocalProcessLauncher:
 
     def _command(self, operator: OperatorSpec) -> tuple[list[str], bool]:
         """The operator's argv, and whether it comes from the definition (not the map)."""
-        container = operator.container
-        command = self._operator_map.get(f"{container.image}:{container.tag}")
-        command = command or self._operator_map.get(container.image)
-        from_definition = command is None
-        if command is None:
-            command = list(container.command)
+        command, from_definition = self._container_command(operator.container)
         if not command:
+            container = operator.container
             raise ValueError(
                 f"operator {operator.name!r}: no local command for container "
                 f"{container.image}:{container.tag}; give the container a `command` or map the "
                 "image in an operator map"
             )
-        if command[0] in _PYTHON_NAMES and self.image_root_of(operator) is None:
+        return command, from_definition
+
+    def _container_command(self, container: ContainerSpec) -> tuple[list[str], bool]:
+        """The container's argv (empty: none), and whether it comes from the definition."""
+        command = self._operator_map.get(f"{container.image}:{container.tag}")
+        command = command or self._operator_map.get(container.image)
+        from_definition = command is None
+        if command is None:
+            command = list(container.command)
+        if command and command[0] in _PYTHON_NAMES and self._image_root(container) is None:
             command = [sys.executable, *command[1:]]
         return command, from_definition
 
     def image_root_of(self, operator: OperatorSpec) -> Path | None:
         """The unpacked image root ``operator`` runs in (``--operator-rootfs``), if any."""
-        container = operator.container
+        return self._image_root(operator.container)
+
+    def _image_root(self, container: ContainerSpec) -> Path | None:
         rootfs = self._sandbox.rootfs
         return rootfs.get(f"{container.image}:{container.tag}") or rootfs.get(container.image)
 
     def environment_for(
-        self, job: Job, operator: OperatorSpec, layout: JobLayout
+        self,
+        job: Job,
+        operator: OperatorSpec,
+        layout: JobLayout,
+        service_addresses: Mapping[str, str] | None = None,
     ) -> dict[str, str]:
-        """The environment of ``operator``'s process (see :mod:`server_mock._operator_env`)."""
+        """The environment of ``operator``'s process (see :mod:`server_mock._operator_env`).
+
+        ``service_addresses``: the connection variables of the services started for it.
+        """
         if self._platform_address is None:
             raise RuntimeError("the launcher is not attached to a platform; call attach() first")
         return operator_environment(
@@ -342,7 +384,11 @@ class LocalProcessLauncher:
             outbox_dir=layout.outbox_dir(operator.name),
             stage_service=self._platform_address(),
             inherited=os.environ,
-            extra={**service_connections(operator), **self._extra_env},
+            extra={
+                **service_connections(operator),
+                **(service_addresses or {}),
+                **self._extra_env,
+            },
             stage_token=(
                 None if self._stage_token is None else self._stage_token(job.job_id, operator.name)
             ),
@@ -351,22 +397,49 @@ class LocalProcessLauncher:
     async def start(self, job: Job, definition: PipelineDefinition, layout: JobLayout) -> None:
         """Start the job and launch one process per operator; return once all are launched.
 
+        Its services are started first, and ready before it starts (see
+        :mod:`server_mock._services`).
+
         Raises:
             ValueError: An operator has no local command, a command the process runner does
-                not run, invalid ``requests``, or a declared path the sandbox cannot mount
-                (all checked before anything starts; the job stays created).
+                not run, invalid ``requests``, a declared path the sandbox cannot mount, or a
+                service the mock cannot run (all checked before anything starts; the job
+                stays created); a service did not become ready (``ServiceStartError``: the
+                job stays created, its services stopped).
             OSError: A process could not be started; already started ones are stopped by
                 their supervisors when the job fails.
         """
         plans = {op.name: self._plan(job, op, layout) for op in definition.operators}
+        service_plans = self._services.plan(definition, layout)
         layout.logs_dir.mkdir(parents=True, exist_ok=True)
         if self.runner == "sandbox":
             for operator in definition.operators:
                 _declare_stage_paths(job.stage(operator.name), operator)
+        services = await self._services.start(job, service_plans, layout)
+        tasks: list[asyncio.Task[None]] = []
+        try:
+            await self._launch(job, definition, layout, plans, services=services, tasks=tasks)
+        finally:  # the services stay until every launched operator has exited
+            stopper = asyncio.create_task(services.stop_after(tasks), name=f"services-{job.job_id}")
+            self._tasks.add(stopper)
+            stopper.add_done_callback(self._tasks.discard)
+
+    async def _launch(
+        self,
+        job: Job,
+        definition: PipelineDefinition,
+        layout: JobLayout,
+        plans: Mapping[str, _LaunchPlan],
+        *,
+        services: JobServices,
+        tasks: list[asyncio.Task[None]],
+    ) -> None:
+        """Start the job and launch its operators, adding their supervisors to ``tasks``."""
         job.start()
         for operator in definition.operators:
             plan = plans[operator.name]
-            env = self._wrap_environment(self.environment_for(job, operator, layout), plan)
+            env = self.environment_for(job, operator, layout, services.addresses_for(operator.name))
+            env = self._wrap_environment(env, plan)
             argv = plan.argv_for(env)
             log_path = layout.log_path(operator.name)
             log_offset = log_path.stat().st_size if log_path.exists() else 0
@@ -397,10 +470,10 @@ class LocalProcessLauncher:
             )
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+            tasks.append(task)
 
     def _plan(self, job: Job, operator: OperatorSpec, layout: JobLayout) -> _LaunchPlan:
         """Settle the operator's argv and limits; refuse what cannot run, before any start."""
-        self._check_services(operator)
         command, from_definition = self._command(operator)
         rootfs = self.image_root_of(operator)
         if self.runner == "process" and not self._allow_definition_commands:
@@ -449,9 +522,7 @@ class LocalProcessLauncher:
             (layout.outbox_dir(operator.name), True),  # NVIDIA_CLARA_OUTBOX, its own only
         ]
         if not from_definition and rootfs is None:
-            # The operator map is the mock operator's own: show the folders its programs are in.
-            programs = command[:2] if command[0] == sys.executable else command[:1]
-            shown += [(Path(p).parent, False) for p in programs if os.path.isabs(p)]
+            shown += program_dirs(command)  # the operator map is the mock operator's own
         try:
             sandboxed = sandbox_command(
                 command,
@@ -472,41 +543,12 @@ class LocalProcessLauncher:
             raise ValueError(f"operator {operator.name!r}: {error}") from None
         return _LaunchPlan([*prefix, *sandboxed], limits, gpus, rootfs, len(command))
 
-    def _check_services(self, operator: OperatorSpec) -> None:
-        """Refuse an operator whose ``services`` the mock cannot run (it starts none yet)."""
-        for index, service in enumerate(operator.services):
-            if service.container is None:
-                continue  # imported: refused by the definition's unsupported_for_start
-            names = [c.name for c in service.http_connections]
-            names += [c.name for c in service.file_connections]
-            if names and all(name in operator.variables for name in names):
-                continue  # the operator's variables point at a service run outside the mock
-            image = f"{service.container.image}:{service.container.tag}"
-            mapped = image in self._operator_map or service.container.image in self._operator_map
-            todo = (
-                "the mock does not start services yet, even mapped ones"
-                if mapped
-                else f"map the image {image!r} in an operator map (--operator-map) to a local "
-                "command (the mock does not start services yet, even mapped ones)"
-            )
-            todo += (
-                f"; or run the service yourself and set {', '.join(names)} in the operator's "
-                "variables"
-                if names
-                else ""
-            )
-            raise ValueError(
-                f"operator {operator.name!r}, field services[{index}]: service "
-                f"{service.name!r} (container {image}) cannot run here: {todo}"
-            )
-
     def _wrap_environment(self, env: dict[str, str], plan: _LaunchPlan) -> dict[str, str]:
         """Adjust the operator's environment to where it runs (sandbox, image, GPUs)."""
         env["CUDA_VISIBLE_DEVICES"] = ",".join(plan.gpus)
         if self.runner == "process":
             return env
-        if "TMPDIR" in env:
-            env["TMPDIR"] = "/tmp"  # the host's may not exist inside
+        image_environment(env, image_root=plan.rootfs is not None)
         if self._sandbox.isolate_network:
             host = env[contract.ENV_STAGE_SERVICE].rpartition(":")[0].strip("[]")
             env[contract.ENV_STAGE_SERVICE] = f"unix:{SANDBOX_STAGE_SOCKET}"
@@ -514,10 +556,6 @@ class LocalProcessLauncher:
                 # gRPC checks a unix: target's certificate against the socket's path: check it
                 # against the name TCP operators dial instead, which the certificate carries.
                 env.setdefault(contract.ENV_TLS_SERVER_NAME, host)
-        if plan.rootfs is not None:
-            for name in _HOST_ONLY_VARIABLES:
-                env.pop(name, None)
-            env["PATH"] = _IMAGE_PATH
         return env
 
     async def wait_idle(self, timeout: float) -> bool:
@@ -529,11 +567,12 @@ class LocalProcessLauncher:
         return not pending
 
     async def stop_all(self) -> None:
-        """Stop supervising (the supervisors kill their processes on the way out)."""
+        """Stop supervising (the supervisors kill their processes on the way out) and services."""
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self._services.stop_all()  # also those whose stopper was cancelled before it ran
 
     async def _supervise(
         self, job: Job, stage: Stage, launched: _Launched, outbox_dir: Path

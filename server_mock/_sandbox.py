@@ -52,6 +52,7 @@ __all__ = [
     "SandboxUnavailableError",
     "StageMount",
     "bwrap_problem",
+    "program_dirs",
     "sandbox_command",
 ]
 
@@ -384,6 +385,16 @@ def sandbox_command(
         # --die-with-parent also ends bwrap when its own parent dies: give it one that stays.
         argv = ["/bin/sh", "-c", '"$@"; exit $?', "clara-sandbox", *argv]
     return argv
+
+
+def program_dirs(command: Sequence[str]) -> list[tuple[Path, bool]]:
+    """The folders of a host command's programs (the interpreter and its script), read-only.
+
+    For ``shared_dirs`` of :func:`sandbox_command`, when the command is the mock's own (an
+    operator map's), not a definition's.
+    """
+    programs = command[:2] if command[0] == sys.executable else command[:1]
+    return [(Path(p).parent, False) for p in programs if os.path.isabs(p)]
 
 
 def _dedupe(dirs: Sequence[tuple[str, bool]]) -> list[tuple[str, bool]]:
