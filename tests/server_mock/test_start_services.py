@@ -1,4 +1,7 @@
-"""An operator's ``services`` at Jobs.Start: connections set, or a clear refusal, never a hang."""
+"""An operator's ``services`` at Jobs.Start: connections set, or a clear refusal, never a hang.
+
+Starting the services the mock can run: tests/server_mock/test_services.py.
+"""
 
 from __future__ import annotations
 
@@ -35,23 +38,38 @@ def _job_ids(running: object) -> set[uuid.UUID]:
     return set(mock.call(lambda: set(mock.state.job_records)))
 
 
-@pytest.mark.parametrize("mapped", [False, True])
-def test_start_refuses_a_service_it_cannot_run_naming_it_and_the_image(
-    tmp_path: Path, mapped: bool
+@pytest.mark.parametrize(
+    ("container", "reason"),
+    [
+        (
+            "{image: nvcr.io/nvidia/tensorrtserver, tag: 19.08-py3, command: [trtserver]}",
+            "it runs 'trtserver' from PATH",
+        ),
+        (
+            "{image: nvcr.io/nvidia/tensorrtserver, tag: 19.08-py3}",
+            "the image is not mapped and its container has no command",
+        ),
+    ],
+)
+def test_start_refuses_a_service_it_cannot_run_naming_it_and_what_to_map(
+    tmp_path: Path, container: str, reason: str
 ) -> None:
-    operator_map = {"nvcr.io/nvidia/tensorrtserver": ["true"]} if mapped else {}
-    with platform(tmp_path, runner="process", operator_map=operator_map) as running:
+    definition = _definition().replace(
+        "{image: nvcr.io/nvidia/tensorrtserver, tag: 19.08-py3, command: [trtserver]}", container
+    )
+    with platform(tmp_path, runner="process") as running:
         with pytest.raises(PlatformApiError) as refused:
-            running.submit(_definition())
+            running.submit(definition)
         message = str(refused.value)
-        assert "'infer'" in message and "services[0]" in message and "'trtis'" in message
-        assert "NVIDIA_CLARA_TRTISURI" in message
-        if not mapped:
-            assert "'nvcr.io/nvidia/tensorrtserver:19.08-py3'" in message
-            assert "--operator-map" in message
+        assert "operator 'infer', field services[0]: service 'trtis'" in message
+        assert reason in message
+        assert "map the image 'nvcr.io/nvidia/tensorrtserver:19.08-py3'" in message
+        assert "--operator-map" in message
+        assert "set NVIDIA_CLARA_TRTISURI in the operator's variables" in message
         (job_id,) = _job_ids(running)
         assert running.mock.job(job_id).state is JobState.CREATED
         assert running.launcher.exit_codes == {}
+        assert not (running.layout(job_id).logs_dir / "services").exists()  # nothing started
 
 
 def test_a_service_run_outside_the_mock_is_reached_through_the_operators_variables(
