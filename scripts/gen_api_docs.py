@@ -117,9 +117,10 @@ OPERATOR_ONLY_VARIABLES = {
     "NVIDIA_CLARA_TRTISURI": (
         "The older name of the inference server's HTTP URI: the `name` a pipeline's "
         "`services` connection gives it (services are deprecated since Clara 0.7.1).",
-        "Set to `localhost:<port>` when a `services` connection names it (see "
-        "docs/pipeline-definitions.md, *Services and connections*; the mock starts no "
-        "service); otherwise not set.",
+        "Set to `localhost:<port>` when a `services` connection names it: the port the mock "
+        "gave the service it started for the job (a free ephemeral port, not the declared "
+        "one; the service gets it too, see docs/pipeline-definitions.md, *Services and "
+        "connections*); otherwise not set.",
         f"{_BASE_INFERENCE} and the pipeline definitions that declare that service",
     ),
     "CUDA_VISIBLE_DEVICES": (
