@@ -401,27 +401,37 @@ class ServiceLauncher:
     # -- stopping -----------------------------------------------------------------------
 
     async def stop(self, service: _Running) -> None:
-        """SIGTERM the service, SIGKILL it after the grace; release its ports."""
+        """SIGTERM the service, SIGKILL it after the grace (or at once if cancelled meanwhile)."""
         try:
             if not service.exited.done():
                 service.process.terminate()
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(asyncio.shield(service.exited), self._kill_grace)
-                except TimeoutError:
-                    _log.warning(
-                        "service %s did not end %g s after SIGTERM; killing it",
-                        service.name,
-                        self._kill_grace,
-                    )
-                    service.process.kill()
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(asyncio.shield(service.exited), _EXIT_WAIT)
+            if not service.exited.done():
+                _log.warning(
+                    "service %s did not end %g s after SIGTERM; killing it",
+                    service.name,
+                    self._kill_grace,
+                )
+                service.process.kill()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(service.exited), _EXIT_WAIT)
+        except asyncio.CancelledError:
+            service.process.kill()
+            raise
         finally:
             service.process.end_leftovers()
             self._ports_held.difference_update(service.ports.values())
             self._running.discard(service)
         if service.exited.done():
             _log.info("service %s stopped (code %d)", service.name, service.exited.result())
+        else:
+            _log.error(
+                "service %s (pid %d) still runs %g s after SIGKILL",
+                service.name,
+                service.process.pid,
+                _EXIT_WAIT,
+            )
 
     async def stop_all(self) -> None:
         """Stop every service still running (the server shuts down)."""
