@@ -19,8 +19,9 @@ asyncio; :mod:`server_mock._scheduler` drives it from job changes.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 from server_mock._definition import PipelineDefinition
 from server_mock._resources import MIB, host_gpus, parse_requests
@@ -35,6 +36,8 @@ __all__ = [
 ]
 
 _GIB = 1024 * MIB
+
+K = TypeVar("K", bound=Hashable)
 
 
 class CapacityExceededError(ValueError):
@@ -226,6 +229,7 @@ class Reservation:
     """What an admitted job holds: each operator's share, until its stage ends.
 
     Attributes:
+        demand: What the job asked for.
         gpu_ids: The GPU ids of each operator (its ``CUDA_VISIBLE_DEVICES``); empty for one
             without a GPU request.
         held: The operators whose share is still held.
@@ -237,18 +241,18 @@ class Reservation:
 
 
 @dataclass(slots=True)
-class _Waiting:
-    job_key: object
+class _Waiting(Generic[K]):
+    job_key: K
     priority: int
     ticket: int
     demand: JobDemand
 
 
-class CapacityQueue:
+class CapacityQueue(Generic[K]):
     """The capacity's free part, the admitted jobs' reservations, and the waiting jobs.
 
     Not thread-safe: the platform uses it on its event-loop thread only. Jobs are known by a
-    hashable key (the platform uses the job id).
+    hashable key ``K`` (the platform uses the job id).
 
     Args:
         capacity: What there is to hand out.
@@ -259,13 +263,13 @@ class CapacityQueue:
         self._free_cpus = capacity.cpus
         self._free_memory = capacity.memory_bytes
         self._free_gpus: list[str] = list(capacity.gpu_ids)
-        self._reserved: dict[object, Reservation] = {}
-        self._waiting: list[_Waiting] = []
+        self._reserved: dict[K, Reservation] = {}
+        self._waiting: list[_Waiting[K]] = []
         self._next_ticket = 1
 
     # -- reading ------------------------------------------------------------------------
 
-    def waiting(self) -> list[object]:
+    def waiting(self) -> list[K]:
         """The waiting jobs' keys, in the order they will be admitted."""
         return [w.job_key for w in self._waiting]
 
@@ -273,11 +277,11 @@ class CapacityQueue:
         """What is free now: CPU cores, memory bytes, GPUs."""
         return self._free_cpus, self._free_memory, len(self._free_gpus)
 
-    def demand_of(self, job_key: object) -> JobDemand | None:
+    def demand_of(self, job_key: K) -> JobDemand | None:
         """The demand of a waiting job, if it waits."""
         return next((w.demand for w in self._waiting if w.job_key == job_key), None)
 
-    def reservation(self, job_key: object) -> Reservation | None:
+    def reservation(self, job_key: K) -> Reservation | None:
         """The reservation of an admitted job that still holds something, if any."""
         return self._reserved.get(job_key)
 
@@ -292,7 +296,7 @@ class CapacityQueue:
     # -- changing -----------------------------------------------------------------------
 
     def enqueue(
-        self, job_key: object, priority: int, demand: JobDemand, ticket: int | None = None
+        self, job_key: K, priority: int, demand: JobDemand, ticket: int | None = None
     ) -> int:
         """Add a job to the queue, behind those of its priority; return its ticket.
 
@@ -305,7 +309,7 @@ class CapacityQueue:
         self._waiting.sort(key=lambda w: (-w.priority, w.ticket))
         return ticket
 
-    def remove(self, job_key: object) -> bool:
+    def remove(self, job_key: K) -> bool:
         """Take a job out of the queue (cancelled while waiting); False if it was not there."""
         before = len(self._waiting)
         self._waiting = [w for w in self._waiting if w.job_key != job_key]
@@ -313,7 +317,7 @@ class CapacityQueue:
 
     def reserve(
         self,
-        job_key: object,
+        job_key: K,
         demand: JobDemand,
         gpu_ids: Mapping[str, Sequence[str]] | None = None,
     ) -> Reservation:
@@ -342,7 +346,7 @@ class CapacityQueue:
         self._reserved[job_key] = reservation
         return reservation
 
-    def release(self, job_key: object, operators: Iterable[str]) -> None:
+    def release(self, job_key: K, operators: Iterable[str]) -> None:
         """Give back the share of these operators of an admitted job (their stages ended)."""
         reservation = self._reserved.get(job_key)
         if reservation is None:
@@ -362,15 +366,15 @@ class CapacityQueue:
         if not reservation.held:
             del self._reserved[job_key]
 
-    def release_all(self, job_key: object) -> None:
+    def release_all(self, job_key: K) -> None:
         """Give back everything an admitted job still holds."""
         reservation = self._reserved.get(job_key)
         if reservation is not None:
             self.release(job_key, list(reservation.held))
 
-    def admit(self) -> list[tuple[object, Reservation]]:
+    def admit(self) -> list[tuple[K, Reservation]]:
         """Reserve for the jobs at the head of the queue while they fit; return them in order."""
-        admitted: list[tuple[object, Reservation]] = []
+        admitted: list[tuple[K, Reservation]] = []
         while self._waiting and self.fits(self._waiting[0].demand):
             head = self._waiting.pop(0)
             admitted.append((head.job_key, self.reserve(head.job_key, head.demand)))

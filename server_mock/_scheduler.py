@@ -56,7 +56,7 @@ class CapacityScheduler:
     """
 
     def __init__(self, capacity: Capacity, launch: Callable[[Job], Awaitable[None]]) -> None:
-        self.queue = CapacityQueue(capacity)
+        self.queue: CapacityQueue[uuid.UUID] = CapacityQueue(capacity)
         self._launch = launch
         self._jobs: dict[uuid.UUID, tuple[Job, ScheduledRecord]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -212,9 +212,8 @@ class CapacityScheduler:
         """Admit the jobs at the head of the queue that fit now, and launch them."""
         self._launch_admitted(self.queue.admit())
 
-    def _launch_admitted(self, admitted: list[tuple[object, Reservation]]) -> None:
+    def _launch_admitted(self, admitted: list[tuple[uuid.UUID, Reservation]]) -> None:
         for key, reservation in admitted:
-            assert isinstance(key, uuid.UUID)
             job, record = self._jobs[key]
             _assign(job, record, reservation)
             _log.info("job %s admitted: %s", key.hex, _describe(reservation.demand))

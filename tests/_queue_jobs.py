@@ -109,7 +109,7 @@ class Jobs:
                 header=HEADER,
                 pipeline_id=common_pb2.Identifier(value=pipeline_id.hex),
                 name=name,
-                priority=priority,  # type: ignore[arg-type]
+                priority=priority,
                 input_payloads=[common_pb2.Identifier(value=payload_id.hex)],
             ),
             timeout=30,

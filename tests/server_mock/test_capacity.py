@@ -38,6 +38,7 @@ from server_mock._cli.capacity_flags import parse_memory
 from server_mock._definition import parse_pipeline_definition
 from server_mock._errors import ErrorCode
 from server_mock._proto.nvidia.clara.platform import jobs_pb2
+from server_mock._sandbox import bwrap_problem
 
 MIB = 1024 * 1024
 WAIT = 60.0
@@ -107,7 +108,7 @@ def test_a_demand_larger_than_the_capacity_names_operator_field_and_amounts() ->
 
 
 def test_the_queue_admits_by_priority_then_first_come_and_the_head_blocks() -> None:
-    queue = CapacityQueue(Capacity(cpus=1, memory_bytes=MIB, gpu_ids=("0", "1")))
+    queue: CapacityQueue[str] = CapacityQueue(Capacity(1, MIB, gpu_ids=("0", "1")))
     queue.reserve("running", demand(op=2))
     for key, priority in [("low", 1), ("now", 4), ("n1", 2), ("n2", 2), ("high", 3)]:
         queue.enqueue(key, priority, demand(op=1))
@@ -123,13 +124,13 @@ def test_the_queue_admits_by_priority_then_first_come_and_the_head_blocks() -> N
 
 
 def test_each_operator_gets_its_own_gpus_lowest_first() -> None:
-    queue = CapacityQueue(Capacity(cpus=1, memory_bytes=MIB, gpu_ids=("0", "1", "2")))
+    queue: CapacityQueue[str] = CapacityQueue(Capacity(1, MIB, gpu_ids=("0", "1", "2")))
     first = queue.reserve("first", demand(a=1, b=1))
     assert first.gpu_ids == {"a": ("0",), "b": ("1",)}
     queue.release("first", ["a"])  # its stage ended: its GPU is free again
     second = queue.reserve("second", demand(c=2))
     assert second.gpu_ids == {"c": ("0", "2")}
-    restored = CapacityQueue(queue.capacity)
+    restored: CapacityQueue[str] = CapacityQueue(queue.capacity)
     restored.reserve("again", demand(c=2), gpu_ids={"c": ["1", "2"]})  # after a restart
     assert restored.reserve("next", demand(d=1)).gpu_ids == {"d": ("0",)}
 
@@ -143,9 +144,11 @@ def ear() -> Iterator[Listener]:
         yield server
 
 
-def scheduled(tmp_path: Path, gpus: int) -> contextlib.AbstractContextManager[Platform]:
+def scheduled(
+    tmp_path: Path, gpus: int, runner: str = "process"
+) -> contextlib.AbstractContextManager[Platform]:
     capacity = Capacity(cpus=64, memory_bytes=64 * 1024 * MIB, gpu_ids=tuple(map(str, range(gpus))))
-    return platform(tmp_path, runner="process", platform_args={"capacity": capacity})
+    return platform(tmp_path, runner=runner, platform_args={"capacity": capacity})
 
 
 def state_of(running: Platform, job_id: uuid.UUID) -> JobState:
@@ -273,8 +276,11 @@ def test_a_cancelled_queued_job_leaves_the_queue_and_never_runs(
         jobs.close()
 
 
-def test_concurrent_jobs_see_their_own_gpus(tmp_path: Path, ear: Listener) -> None:
-    with scheduled(tmp_path, gpus=2) as running:
+@pytest.mark.parametrize("runner", ["process", "sandbox"])
+def test_concurrent_jobs_see_their_own_gpus(tmp_path: Path, ear: Listener, runner: str) -> None:
+    if runner == "sandbox":
+        assert bwrap_problem() is None, f"the sandbox tests need bubblewrap: {bwrap_problem()}"
+    with scheduled(tmp_path, gpus=2, runner=runner) as running:
         jobs = Jobs(running.mock.address, tmp_path)
         pipeline_id = jobs.create_pipeline(holding_operator("seg", ear.address, "{gpu: 1}"))
         first, second = jobs.create(pipeline_id), jobs.create(pipeline_id)
