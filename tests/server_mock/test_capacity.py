@@ -293,3 +293,33 @@ def test_concurrent_jobs_see_their_own_gpus(tmp_path: Path, ear: Listener, runne
         for job_id in (first, second):
             assert running.mock.wait_for_job(job_id, WAIT).state is JobState.SUCCEEDED
         jobs.close()
+
+
+def test_a_queued_job_that_cannot_be_launched_when_admitted_fails_saying_why(
+    tmp_path: Path, ear: Listener
+) -> None:
+    with scheduled(tmp_path, gpus=1) as running:
+        jobs = Jobs(running.mock.address, tmp_path)
+        holding = jobs.create_pipeline(holding_operator("seg", ear.address, "{gpu: 1}"))
+        broken = jobs.create_pipeline(
+            "api-version: 0.4.0\nname: broken\noperators:\n- name: nowhere\n"
+            "  container: {image: t/nowhere}\n  requests: {gpu: 1}\n  input: [{path: /input}]\n"
+        )
+        busy, queued = jobs.create(holding, "busy"), jobs.create(broken, "queued")
+        jobs.start(busy)
+        holder = next_holder(ear)
+        assert jobs.start(queued).state == jobs_pb2.JOB_STATE_PENDING
+        holder.release()
+        ended = running.mock.wait_for_job(queued, WAIT)  # no caller to tell: the job says it
+        assert ended.state is JobState.FAILED
+        message = ended.stages["nowhere"].message
+        assert message.startswith("launch failed: ") and "no local command" in message
+        status = jobs.status(queued)
+        assert (status.state, status.status) == (
+            jobs_pb2.JOB_STATE_STOPPED,
+            jobs_pb2.JOB_STATUS_FAULTED,
+        )
+        scheduler = running.mock.state.scheduler
+        assert scheduler is not None
+        assert running.mock.call(lambda: scheduler.queue.free()[2]) == 1  # its GPU given back
+        jobs.close()
