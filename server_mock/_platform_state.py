@@ -261,8 +261,7 @@ class PlatformState:
                     ErrorCode.JOB_NOT_STARTABLE,
                     f"job {job_id.hex} was {job.state.value} while its inputs were copied",
                 )
-            if variables:
-                record.variables = dict(variables)
+            record.variables = dict(variables or {})  # what launching resolves the job with
             if self.scheduler is None or demand is None:
                 await self._launch_job(job)
             else:
