@@ -536,6 +536,9 @@ def _record_to_json(record: JobRecord) -> dict[str, Any]:
         "input_payload_ids": [p.hex for p in record.input_payload_ids],
         "metadata": record.metadata,
         "variables": record.variables,
+        # The capacity queue (a file written before it has neither: not queued, no GPUs).
+        "queued": record.queued,
+        "gpu_ids": {name: list(ids) for name, ids in record.gpu_ids.items()},
     }
 
 
@@ -551,6 +554,8 @@ def _record_from_json(job_id: uuid.UUID, data: dict[str, Any]) -> JobRecord:
         metadata=dict(data["metadata"]),
         variables=dict(data["variables"]),
         definition_text=data["definition"],
+        queued=data.get("queued"),
+        gpu_ids={name: tuple(ids) for name, ids in data.get("gpu_ids", {}).items()},
     )
 
 

@@ -28,6 +28,7 @@ from clara.contract import DRIVER_KEEPALIVE_INTERVAL
 from clara.stage_api import stage_service_pb2 as stage_pb
 from clara.stage_api import stage_service_pb2_grpc as stage_grpc
 from server_mock._auth import StageTokens
+from server_mock._capacity import Capacity
 from server_mock._health import HealthService
 from server_mock._jobs import Job, JobState, StageSpec, StageState
 from server_mock._persistence import StateStore, default_workspace
@@ -174,6 +175,9 @@ class MockPlatform:
             before it is acknowledged. By default the state lives in memory only.
         unix_socket: Also serve on this Unix socket (with the same TLS), e.g. in a private
             folder, for sandboxed operators without a network; removed on :meth:`stop`.
+        capacity: What the platform can run at once: a started job waits (pending) until its
+            operators' ``requests`` fit, in priority order (see :mod:`server_mock._scheduler`).
+            By default no capacity is counted and every job starts at once.
 
     Raises:
         TlsFileError: A file of ``tls`` is missing, unreadable or not PEM.
@@ -191,6 +195,7 @@ class MockPlatform:
         max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
         state_path: Path | None = None,
         unix_socket: Path | None = None,
+        capacity: Capacity | None = None,
     ) -> None:
         if max_upload_bytes <= 0:
             raise ValueError(f"max_upload_bytes {max_upload_bytes}: expected a size > 0")
@@ -216,7 +221,9 @@ class MockPlatform:
         if workspace is None:
             self._temp_workspace = tempfile.TemporaryDirectory(prefix="clara-mock-")
             workspace = Path(self._temp_workspace.name)
-        self.state = PlatformState(workspace=workspace, launcher=launcher or InProcessLauncher())
+        self.state = PlatformState(
+            workspace=workspace, launcher=launcher or InProcessLauncher(), capacity=capacity
+        )
         self.jobs = self.state.jobs
 
     # -- life-cycle -----------------------------------------------------------------------
@@ -339,7 +346,10 @@ class MockPlatform:
                 for job_id, stage, token in store.stage_tokens():
                     self.stage_tokens.restore(job_id, stage, token)
                 self._state_loaded = True
-            store.attach(self.state)
+                store.attach(self.state)
+                self.state.restore_schedule()  # saves what it changes: after attach
+            else:
+                store.attach(self.state)
         except BaseException:
             store.close()
             raise

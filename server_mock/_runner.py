@@ -411,7 +411,8 @@ class LocalProcessLauncher:
             check_definition_variables(operator.name, job.stage(operator.name).spec.variables)
         limits = parse_requests(operator)
         prefix = self._resources.prefix(limits)
-        gpus = self._resources.gpu_devices(limits)
+        reserved = job.stage(operator.name).spec.gpus  # the platform's capacity chose them
+        gpus = list(reserved) if reserved is not None else self._resources.gpu_devices(limits)
         if limits.gpus > len(gpus):
             _log.warning(
                 "job %s: %s requests %d GPU(s); %d available here: %s",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import logging
 import os
 import signal
 import socket
@@ -18,6 +19,7 @@ import sys
 import threading
 from typing import TextIO
 
+from server_mock._cli.capacity_flags import capacity_from_args
 from server_mock._cli.common import EXIT_OK, UsageError, is_loopback
 from server_mock._cli.connection import ADDRESS_VARIABLE
 from server_mock._cli.runner_args import launcher_from_args
@@ -25,6 +27,8 @@ from server_mock._cli.tls_args import TlsUsageError, operator_address, serve_tls
 from server_mock._platform import MockPlatform
 
 __all__ = ["serve"]
+
+_log = logging.getLogger("server_mock.serve")
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 50051
@@ -105,6 +109,7 @@ def serve(args: argparse.Namespace, out: TextIO) -> int:
         args, operators_dir, extra_env=tls.operator_env if tls is not None else None
     )
     _check_port_free(host, port)
+    capacity = capacity_from_args(args)
     platform = MockPlatform(
         host,
         port,
@@ -113,6 +118,7 @@ def serve(args: argparse.Namespace, out: TextIO) -> int:
         launcher=launcher,
         tls=tls.server if tls is not None else None,
         require_stage_tokens=True,
+        capacity=capacity,
     )
     launcher.attach(lambda: operator_address(platform.address), platform.stage_tokens.issue)
     stopped = threading.Event()
@@ -127,6 +133,7 @@ def serve(args: argparse.Namespace, out: TextIO) -> int:
         except RuntimeError as error:  # the bind failed after all (e.g. a race for the port)
             raise UsageError(f"port {port} on {host}: {error}") from None
         print(f"clara-mock listening on {address}", file=out, flush=True)
+        _log.info("capacity: %s (--cpus, --memory, --gpus)", capacity.describe())
         while not stopped.wait(3600):
             pass
         print("clara-mock stopping", file=out, flush=True)
