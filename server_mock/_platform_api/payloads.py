@@ -156,7 +156,7 @@ class PayloadsService(payloads_pb2_grpc.PayloadsServicer):
                     record = self._state.payloads.get(payload_id)
                     self._state.check_payload_writable(record)
                     upload = self._state.payloads.begin_upload(record, request.details.name)
-                    _log.debug(
+                    _log.info(
                         "Payloads.Upload: receiving %s of payload %s into %s",
                         show(upload.name),
                         payload_id.hex,
