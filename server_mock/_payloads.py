@@ -250,7 +250,7 @@ class Upload:
         self._relative = relative
         temp_dir.mkdir(parents=True, exist_ok=True)
         fd, temp_name = tempfile.mkstemp(dir=temp_dir, prefix=_TEMP_PREFIX)
-        self.temp_path = self._temp = Path(temp_name)
+        self.temp_path = Path(temp_name)
         self._file: BinaryIO | None = os.fdopen(fd, "wb")
         self.size = 0
 
@@ -275,11 +275,11 @@ class Upload:
             self._file = None
             base = self.record.upload_root
             target = _check_new_file(base, self._relative, self.name)
-            os.chmod(self._temp, _FILE_MODE)
+            os.chmod(self.temp_path, _FILE_MODE)
             target.parent.mkdir(parents=True, exist_ok=True)
             _inside(base, self._relative, self.name)  # the folders just made must not escape
             try:
-                os.link(self._temp, target)  # fails if the name appeared meanwhile: no clobber
+                os.link(self.temp_path, target)  # fails if the name appeared meanwhile: no clobber
             except FileExistsError:
                 raise ApiError(
                     ErrorCode.FILE_EXISTS, f"payload already has a file {self.name!r}"
@@ -295,7 +295,7 @@ class Upload:
             self._file.close()
             self._file = None
         try:
-            self._temp.unlink()
+            self.temp_path.unlink()
         except FileNotFoundError:
             return False
         return True

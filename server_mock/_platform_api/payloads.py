@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections.abc import AsyncIterator
@@ -147,7 +148,8 @@ class PayloadsService(payloads_pb2_grpc.PayloadsServicer):
         log.
         """
         upload: FileUpload | None = None
-        ended = "the call was cancelled (by the client, a lost connection or the server stopping)"
+        ended = "it failed unexpectedly"
+        first = False
         try:
             payload_id: uuid.UUID | None = None
             async for request in request_iterator:
@@ -156,12 +158,7 @@ class PayloadsService(payloads_pb2_grpc.PayloadsServicer):
                     record = self._state.payloads.get(payload_id)
                     self._state.check_payload_writable(record)
                     upload = self._state.payloads.begin_upload(record, request.details.name)
-                    _log.info(
-                        "Payloads.Upload: receiving %s of payload %s into %s",
-                        show(upload.name),
-                        payload_id.hex,
-                        upload.temp_path,
-                    )
+                    first = True
                 else:
                     self._check_same_file(upload, payload_id, request)
                 if upload.size + len(request.data) > self._max_upload_bytes:
@@ -171,6 +168,16 @@ class PayloadsService(payloads_pb2_grpc.PayloadsServicer):
                         f"{self._max_upload_bytes} bytes",
                     )
                 upload.write(request.data)
+                if first:
+                    first = False
+                    _log.info(
+                        "Payloads.Upload: receiving %s of payload %s into %s (first chunk, %d "
+                        "bytes, written)",
+                        show(upload.name),
+                        upload.record.payload_id.hex,
+                        upload.temp_path,
+                        upload.size,
+                    )
             if upload is None or payload_id is None:
                 # The published client sends no message at all for an empty file: accept the
                 # stream (nothing names a payload or a file, so nothing is stored) and warn.
@@ -188,6 +195,9 @@ class PayloadsService(payloads_pb2_grpc.PayloadsServicer):
             self._state.check_payload_writable(upload.record)
             info = upload.commit()
             ended = ""
+        except asyncio.CancelledError:
+            ended = "cancelled: by the client, a lost connection or the server stopping"
+            raise
         except ApiError as error:
             ended = f"refused: {error}"
             raise

@@ -114,8 +114,9 @@ def test_a_server_killed_mid_upload_leaves_no_temporary_file_after_its_restart(
     address, payload = start_with_payload(serve, tmp_path)
     upload = BlockedUpload(address, payload, "scans/big.raw")
     blocked.append(upload)
-    serve.wait_log("receiving 'scans/big.raw'")
+    serve.wait_log("receiving 'scans/big.raw'")  # logged once the first chunk is written
     [partial] = temp_files(serve)
+    assert partial.stat().st_size >= CHUNK
 
     serve.kill()  # SIGKILL mid-stream: no shutdown code runs
     assert isinstance(upload.future.exception(WAIT), grpc.RpcError)
