@@ -270,6 +270,7 @@ class MockPlatform:
         self._thread.start()
         ready.wait(10)
         try:
+            self.call(self.state.payloads.remove_partial_uploads)  # a crash's leftovers
             self.call(self._open_state)
             self._port = self.call_async(self._start_server)
         except BaseException:
