@@ -171,7 +171,10 @@ class MockPlatform:
         max_upload_bytes: The largest file ``Payloads.Upload`` accepts.
         state_path: Keep the platform's state in this SQLite file (see
             :mod:`server_mock._persistence`): loaded by :meth:`start`, every change committed
-            before it is acknowledged. By default the state lives in memory only.
+            before it is acknowledged; then the launcher resumes the running jobs (adopts their
+            operators, see :meth:`PlatformState.resume_jobs
+            <server_mock._platform_state.PlatformState.resume_jobs>`). By default the state lives
+            in memory only.
         unix_socket: Also serve on this Unix socket (with the same TLS), e.g. in a private
             folder, for sandboxed operators without a network; removed on :meth:`stop`.
 
@@ -263,8 +266,11 @@ class MockPlatform:
         self._thread.start()
         ready.wait(10)
         try:
+            resuming = self._state_path is not None and not self._state_loaded
             self.call(self._open_state)
             self._port = self.call_async(self._start_server)
+            if resuming:  # once serving: operators launched now need the address
+                self.call_async(self.state.resume_jobs)
         except BaseException:
             self._close_state()
             self._shutdown_loop()

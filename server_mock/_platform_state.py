@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from server_mock._definition import (
     PipelineDefinition,
@@ -24,14 +24,22 @@ from server_mock._definition import (
     resolve_template,
 )
 from server_mock._errors import ApiError, ErrorCode
+from server_mock._failpoints import failpoint
 from server_mock._jobs import Job, JobState, JobStore, StageState, UnknownJobError
+from server_mock._launches import LaunchStore
 from server_mock._models import ModelRepository
 from server_mock._payloads import PayloadRecord, PayloadStore, PayloadType, copy_files
 from server_mock._pipelines import PipelineStore
 from server_mock._saved_metadata import replace_metadata
 from server_mock._workspace import JobLayout, build_job
 
-__all__ = ["InProcessLauncher", "JobRecord", "PlatformState", "StageLauncher"]
+__all__ = [
+    "InProcessLauncher",
+    "JobRecord",
+    "PlatformState",
+    "ResumingLauncher",
+    "StageLauncher",
+]
 
 
 class StageLauncher(Protocol):
@@ -39,6 +47,22 @@ class StageLauncher(Protocol):
 
     async def start(self, job: Job, definition: PipelineDefinition, layout: JobLayout) -> None:
         """Start ``job`` and launch its operators; return once they are launched."""
+
+
+@runtime_checkable
+class ResumingLauncher(StageLauncher, Protocol):
+    """A launcher that takes a running job's operators over again after a restart."""
+
+    async def resume(
+        self,
+        job: Job,
+        definition: PipelineDefinition,
+        layout: JobLayout,
+        *,
+        models: Mapping[str, Path] | None,
+        problem: str = "",
+    ) -> None:
+        """Adopt, launch or fail each unfinished stage of ``job`` (see the runner's)."""
 
 
 class InProcessLauncher:
@@ -99,6 +123,8 @@ class PlatformState:
         job_records: The platform API's records of the jobs it created, by job id.
         transaction: Groups the persistence writes of one request into one transaction (a
             no-op without a state file; see :mod:`server_mock._persistence`).
+        launches: Which stages were launched, as which process (the launcher records them
+            when it is attached to them; saved with a state file).
     """
 
     workspace: Path
@@ -109,6 +135,7 @@ class PlatformState:
     models: ModelRepository = field(init=False)
     job_records: dict[uuid.UUID, JobRecord] = field(default_factory=dict)
     transaction: Callable[[], contextlib.AbstractContextManager[None]] = contextlib.nullcontext
+    launches: LaunchStore = field(default_factory=LaunchStore)
 
     def __post_init__(self) -> None:
         self.payloads = PayloadStore(self.workspace / "payloads")
@@ -217,6 +244,7 @@ class PlatformState:
                 raise ApiError(
                     ErrorCode.INTERNAL, f"copying the input payloads failed: {error}"
                 ) from error
+            failpoint("start.inputs_copied")
             if _state_of(job) is not JobState.CREATED:  # cancelled during the copy
                 raise ApiError(
                     ErrorCode.JOB_NOT_STARTABLE,
@@ -245,9 +273,32 @@ class PlatformState:
                 raise ApiError(
                     ErrorCode.JOB_LAUNCH_FAILED, f"could not launch job {job_id.hex}: {error}"
                 ) from error
+            failpoint("start.launched")
             return job
         finally:
             record.starting = False
+
+    async def resume_jobs(self) -> None:
+        """After a restart: let the launcher take over every running job's operators again.
+
+        Each RUNNING job of a pipeline goes to :meth:`ResumingLauncher.resume` with the
+        definition it runs; a launcher that cannot resume (the in-process one: the caller
+        runs the drivers) is left alone.
+        """
+        launcher = self.launcher
+        if not isinstance(launcher, ResumingLauncher):
+            return
+        for job in self.jobs.all():
+            record = self.job_records.get(job.job_id)
+            if record is None or job.state is not JobState.RUNNING:
+                continue
+            definition, models, problem = record.definition, None, ""
+            try:
+                definition = _definition_for_start(job, record, record.variables)
+                models = self._model_dirs(definition)
+            except ApiError as error:
+                problem = str(error)
+            await launcher.resume(job, definition, record.layout, models=models, problem=problem)
 
     def _model_dirs(self, definition: PipelineDefinition) -> dict[str, Path]:
         """The folder of every model the definition's operators declare.
