@@ -87,9 +87,10 @@ class AdoptedProcess(OperatorSignals):
 def adopt(identity: ProcessIdentity, *, sandboxed: bool) -> AdoptedProcess | None:
     """Open a pidfd of the process ``identity`` names; ``None`` if that process is gone.
 
-    A process with the same pid and another start time (the pid was reused) is not adopted.
+    A process with the same pid and another start time (the pid was reused) is not adopted,
+    nor one that has ended and is not reaped yet (a zombie).
     """
-    if identity_of(identity.pid) != identity:
+    if identity_of(identity.pid, running=True) != identity:
         return None
     try:
         pidfd = os.pidfd_open(identity.pid)
@@ -98,7 +99,7 @@ def adopt(identity: ProcessIdentity, *, sandboxed: bool) -> AdoptedProcess | Non
     except OSError as error:
         _log.warning("pid %d: cannot open a pidfd: %s; not adopted", identity.pid, error)
         return None
-    if identity_of(identity.pid) != identity:  # ended and reused between the check and the open
+    if identity_of(identity.pid, running=True) != identity:  # ended (and reused?) meanwhile
         os.close(pidfd)
         return None
     return AdoptedProcess(identity, pidfd, sandboxed=sandboxed)

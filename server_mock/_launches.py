@@ -24,6 +24,7 @@ __all__ = ["LaunchRecord", "LaunchStatus", "LaunchStore", "ProcessIdentity", "id
 
 _BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 _START_TIME_FIELD = 19  # field 22 of /proc/<pid>/stat, counted after the ")" of the name
+_ENDED_STATES = (b"Z", b"X")  # zombie, dead: field 3, the first after the name
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,14 +42,18 @@ class ProcessIdentity:
     boot_id: str
 
 
-def identity_of(pid: int) -> ProcessIdentity | None:
+def identity_of(pid: int, *, running: bool = False) -> ProcessIdentity | None:
     """The identity of the process ``pid`` now, or ``None`` when there is none.
 
-    A zombie still has one (until its parent reaps it).
+    Args:
+        pid: The process id.
+        running: Count a zombie (ended, not yet reaped by its parent) as no process.
     """
     try:
         with open(f"/proc/{pid}/stat", "rb") as stat:
             fields = stat.read().rsplit(b")", 1)[1].split()
+        if running and fields[0] in _ENDED_STATES:
+            return None
         boot_id = _BOOT_ID.read_text(encoding="ascii").strip()
         return ProcessIdentity(pid, int(fields[_START_TIME_FIELD]), boot_id)
     except (OSError, IndexError, ValueError):

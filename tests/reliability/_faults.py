@@ -98,6 +98,17 @@ class _LineReader:
     def join(self, timeout: float) -> None:
         self._thread.join(timeout)
 
+    def rest(self) -> list[str]:
+        """Every line not read yet (call after the stream ended)."""
+        rest: list[str] = []
+        while True:
+            try:
+                line = self.lines.get_nowait()
+            except queue.Empty:
+                return rest
+            if line is not None:
+                rest.append(line)
+
 
 class ServerProcess:
     """``clara-mock serve`` with a state file, in its own process.
@@ -106,21 +117,35 @@ class ServerProcess:
     were given the address find the restarted server there.
     """
 
-    def __init__(self, state: Path, log_dir: Path, operators_dir: Path = OPERATORS) -> None:
+    def __init__(
+        self,
+        state: Path | None,
+        log_dir: Path,
+        operators_dir: Path = OPERATORS,
+        *,
+        runner: str = "process",
+    ) -> None:
         self.state = state
         self.port = 0
         self.address = ""
         self._operators_dir = operators_dir
         self._log_dir = log_dir
+        self._runner = runner
         self._starts = 0
         self.process: subprocess.Popen[str] | None = None
         self._reader: _LineReader | None = None
 
-    def start(self) -> str:
-        """Start the server and return its address once it listens."""
+    @property
+    def log_path(self) -> Path:
+        """The stderr log of the latest start."""
+        return self._log_dir / f"serve-{self._starts}.log"
+
+    def start(self, env: dict[str, str] | None = None) -> str:
+        """Start the server (with ``env`` added to its environment); return its address."""
         assert self.process is None, "already running"
         self._starts += 1
-        log = (self._log_dir / f"serve-{self._starts}.log").open("w")
+        log = self.log_path.open("w")
+        state = [] if self.state is None else ["--state", str(self.state)]
         argv = [
             sys.executable,
             "-m",
@@ -129,18 +154,22 @@ class ServerProcess:
             "serve",
             "--port",
             str(self.port),
-            "--state",
-            str(self.state),
+            *state,
             "--operators-dir",
             str(self._operators_dir),
-            # Plain processes: the tests signal operators by the pid they report, and a
-            # sandboxed operator only knows its pid inside its own PID namespace.
+            # Plain processes (by default): the tests signal operators by the pid they
+            # report, and a sandboxed operator only knows its pid inside its own PID namespace.
             "--runner",
-            "process",
+            self._runner,
         ]
         with log:
             self.process = subprocess.Popen(
-                argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=log, text=True
+                argv,
+                cwd=ROOT,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                text=True,
+                env={**os.environ, **(env or {})},
             )
         assert self.process.stdout is not None
         self._reader = _LineReader(self.process.stdout, "serve-stdout")
@@ -175,6 +204,24 @@ class ServerProcess:
             code = process.wait(WAIT)
         self._close(process)
         return code
+
+    def wait_exit(self, timeout: float = WAIT) -> int:
+        """Wait for the server to end by itself (a failpoint killed it); its exit code."""
+        process, self.process = self.process, None
+        assert process is not None, "not running"
+        try:
+            code = process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(WAIT)
+            raise
+        finally:
+            self._close(process)
+        return code
+
+    def output(self) -> list[str]:
+        """The lines the server wrote to stdout after "listening" (once it ended)."""
+        return [] if self._reader is None else self._reader.rest()
 
     def _close(self, process: subprocess.Popen[str]) -> None:
         if self._reader is not None:
@@ -297,6 +344,13 @@ class ControlServer:
         with self._cond:
             if not self._cond.wait_for(lambda: seen() >= count, timeout):
                 raise TimeoutError(f"{event!r} from {stage} not {count} times: {self.messages}")
+
+    def wait_beyond(self, seen: int, timeout: float = WAIT) -> int:
+        """Wait until more than ``seen`` messages arrived (from any stage); return the count."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: len(self.messages) > seen, timeout):
+                raise TimeoutError(f"no message beyond {seen} in {timeout} s: {self.messages}")
+            return len(self.messages)
 
     def events(self, stage: str) -> list[str]:
         with self._cond:
