@@ -268,17 +268,16 @@ class MockPlatform:
         try:
             resuming = self._state_path is not None and not self._state_loaded
             self.call(self._open_state)
-            self._port = self.call_async(self._start_server)
-            if resuming:  # once serving: operators launched now need the address
-                self.call_async(self.state.resume_jobs)
+            self._port = self.call_async(lambda: self._start_server(resuming))
         except BaseException:
+            self._port = None
             self._close_state()
             self._shutdown_loop()
             raise
         _log.info("mock platform listening on %s", self.address)
         return self.address
 
-    async def _start_server(self) -> int:
+    async def _start_server(self, resuming: bool = False) -> int:
         server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[RequestGuard()])
         tokens = self.stage_tokens if self.require_stage_tokens else None
         stage_grpc.add_StageServiceServicer_to_server(StageService(self.jobs, tokens), server)
@@ -310,6 +309,11 @@ class MockPlatform:
             )
             if bound == 0:
                 raise RuntimeError(f"could not bind {unix}")
+        if resuming:
+            # Bound, not serving yet: the running jobs are resumed before any call is answered
+            # (operators launched now are given the address).
+            self._port = port
+            await self.state.resume_jobs()
         await server.start()
         for name in ("", *served):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)

@@ -143,14 +143,15 @@ async def supervise(
             )
             waiter.cancel()
     except asyncio.CancelledError:
-        if released():
-            exited.cancel()
-            process.close()
-            raise
-        process.kill()
-        with contextlib.suppress(asyncio.CancelledError, ProcessLookupError, TimeoutError):
-            await asyncio.wait_for(asyncio.shield(exited), _KILL_WAIT)
-        process.end_leftovers()
+        if not released():
+            process.kill()
+            with contextlib.suppress(asyncio.CancelledError, ProcessLookupError, TimeoutError):
+                await asyncio.wait_for(asyncio.shield(exited), _KILL_WAIT)
+            process.end_leftovers()
+        # The waiter's pidfd must be unwatched before it is closed (its number is reused).
+        exited.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await exited
         process.close()
         raise
     process.end_leftovers()  # no process the operator started outlives it
