@@ -114,7 +114,8 @@ class ServerProcess:
     """``clara-mock serve`` with a state file, in its own process.
 
     The first :meth:`start` binds an ephemeral port; later starts reuse it, so drivers that
-    were given the address find the restarted server there.
+    were given the address find the restarted server there. ``operators_dir`` may be changed
+    between starts (a restart with another configuration).
     """
 
     def __init__(
@@ -128,7 +129,7 @@ class ServerProcess:
         self.state = state
         self.port = 0
         self.address = ""
-        self._operators_dir = operators_dir
+        self.operators_dir = operators_dir
         self._log_dir = log_dir
         self._runner = runner
         self._starts = 0
@@ -156,7 +157,7 @@ class ServerProcess:
             str(self.port),
             *state,
             "--operators-dir",
-            str(self._operators_dir),
+            str(self.operators_dir),
             # Plain processes (by default): the tests signal operators by the pid they
             # report, and a sandboxed operator only knows its pid inside its own PID namespace.
             "--runner",

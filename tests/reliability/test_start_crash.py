@@ -107,3 +107,31 @@ def test_a_crash_at_each_step_of_start_leaves_no_job_stuck(
             assert state in ("failed", "cancelled") and failures[name] in message, stages
         else:
             assert state == "succeeded", stages
+
+
+def test_a_stage_never_launched_that_a_restart_cannot_launch_fails_saying_why(
+    tmp_path: Path, serve: ServerProcess, control: ControlServer
+) -> None:
+    definition = tmp_path / "pipeline.yaml"
+    definition.write_text(pipeline_yaml(control.address, [("only", None, "succeed")]))
+    address = serve.start({ENV_FAILPOINTS: "start.job_running"})  # Running, nothing launched
+    with PlatformClient(address) as client:
+        job_id = client.create_job(client.create_pipeline(definition), "crash", [])
+        with pytest.raises(PlatformApiError):
+            client.start_job(job_id)
+    assert serve.wait_exit() == -9
+    # Restarted where the operator's program is not: the process runner will not run it.
+    serve.operators_dir = tmp_path / "empty"
+    serve.operators_dir.mkdir()
+    serve.start()
+    with PlatformClient(address) as client:
+        job = client.job_status(job_id)
+    assert (job.state, job.status) == ("STOPPED", "FAULTED")
+    assert serve.state is not None
+    state, message = stage_messages(serve.state)["only"]
+    assert state == "failed"
+    assert message.startswith(
+        "never launched before the platform stopped, and cannot be launched after its restart: "
+        "operator 'only'"
+    ), message
+    assert control.messages == []  # nothing was launched, before or after
