@@ -123,8 +123,8 @@ class PlatformState:
         job_records: The platform API's records of the jobs it created, by job id.
         transaction: Groups the persistence writes of one request into one transaction (a
             no-op without a state file; see :mod:`server_mock._persistence`).
-        launches: Which stages were launched, as which process (the launcher records them
-            when it is attached to them; saved with a state file).
+        launches: Which stages were launched, as which process (a launcher attached with
+            it records there; saved with a state file, read by :meth:`resume_jobs`'s launcher).
     """
 
     workspace: Path
