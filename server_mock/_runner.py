@@ -55,7 +55,7 @@ from server_mock._failpoints import failpoint
 from server_mock._jobs import Job, Stage, StageState
 from server_mock._launches import LaunchStatus, LaunchStore, identity_of
 from server_mock._operator_env import operator_environment, service_connections
-from server_mock._operator_process import ProcessHandle, start_operator_process
+from server_mock._operator_process import start_operator_process
 from server_mock._resources import ResourceAllocator, ResourceLimits, parse_requests
 from server_mock._sandbox import (
     SANDBOX_STAGE_SOCKET,
@@ -392,7 +392,7 @@ class LocalProcessLauncher:
                     operator.name,
                     process.pid,
                 )
-                self._watch(self._supervised(job, operator, layout, process, 0, adopted=True))
+                self._watch(Supervised.of(job, operator, layout, process, 0, adopted=True))
             elif stage.state.terminal:
                 continue
             elif record.identity is None and record.status is LaunchStatus.LAUNCHED:
@@ -492,30 +492,10 @@ class LocalProcessLauncher:
             )
             # Supervised first: should recording it fail, the job's failure still stops it.
             self._watch(
-                self._supervised(job, operator, layout, process, log_offset, limits=plan.limits)
+                Supervised.of(job, operator, layout, process, log_offset, limits=plan.limits)
             )
             self.launches.launched(job.job_id, name, self.runner, identity_of(process.pid))
             failpoint("start.pid_recorded")
-
-    def _supervised(
-        self,
-        job: Job,
-        operator: OperatorSpec,
-        layout: JobLayout,
-        process: ProcessHandle,
-        log_offset: int,
-        *,
-        limits: ResourceLimits | None = None,
-        adopted: bool = False,
-    ) -> Supervised:
-        if limits is None:
-            try:
-                limits = parse_requests(operator)
-            except ValueError:
-                limits = ResourceLimits()
-        name = operator.name
-        log, outbox = layout.log_path(name), layout.outbox_dir(name)
-        return Supervised(job, job.stage(name), process, log, log_offset, limits, outbox, adopted)
 
     def _watch(self, target: Supervised) -> None:
         """Supervise ``target`` in a task of its own (see :mod:`server_mock._supervisor`)."""

@@ -28,10 +28,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from server_mock._definition import OperatorSpec
 from server_mock._jobs import Job, Stage, StageState
 from server_mock._operator_process import ProcessHandle
 from server_mock._outbox import apply_outbox
-from server_mock._resources import ResourceLimits, memory_exhaustion
+from server_mock._resources import ResourceLimits, memory_exhaustion, parse_requests
+from server_mock._workspace import JobLayout
 
 __all__ = ["RunnerTimeouts", "Supervised", "ended_while_down", "supervise"]
 
@@ -79,6 +81,31 @@ class Supervised:
     limits: ResourceLimits
     outbox_dir: Path
     adopted: bool = False
+
+    @classmethod
+    def of(
+        cls,
+        job: Job,
+        operator: OperatorSpec,
+        layout: JobLayout,
+        process: ProcessHandle,
+        log_offset: int,
+        *,
+        limits: ResourceLimits | None = None,
+        adopted: bool = False,
+    ) -> Supervised:
+        """``operator``'s process in ``job``, with its log and outbox from ``layout``.
+
+        ``limits`` default to the operator's ``requests`` (none if they do not parse).
+        """
+        if limits is None:
+            try:
+                limits = parse_requests(operator)
+            except ValueError:
+                limits = ResourceLimits()
+        name = operator.name
+        log, outbox = layout.log_path(name), layout.outbox_dir(name)
+        return cls(job, job.stage(name), process, log, log_offset, limits, outbox, adopted)
 
 
 def _loop_time_of(wall: float, loop: asyncio.AbstractEventLoop) -> float:
