@@ -172,7 +172,10 @@ class MockPlatform:
         max_upload_bytes: The largest file ``Payloads.Upload`` accepts.
         state_path: Keep the platform's state in this SQLite file (see
             :mod:`server_mock._persistence`): loaded by :meth:`start`, every change committed
-            before it is acknowledged. By default the state lives in memory only.
+            before it is acknowledged; then the launcher resumes the running jobs (adopts their
+            operators, see :meth:`PlatformState.resume_jobs
+            <server_mock._platform_state.PlatformState.resume_jobs>`). By default the state lives
+            in memory only.
         unix_socket: Also serve on this Unix socket (with the same TLS), e.g. in a private
             folder, for sandboxed operators without a network; removed on :meth:`stop`.
         capacity: What the platform can run at once: a started job waits (pending) until its
@@ -271,16 +274,18 @@ class MockPlatform:
         ready.wait(10)
         try:
             self.call(self.state.payloads.remove_partial_uploads)  # a crash's leftovers
+            resuming = self._state_path is not None and not self._state_loaded
             self.call(self._open_state)
-            self._port = self.call_async(self._start_server)
+            self._port = self.call_async(lambda: self._start_server(resuming))
         except BaseException:
+            self._port = None
             self._close_state()
             self._shutdown_loop()
             raise
         _log.info("mock platform listening on %s", self.address)
         return self.address
 
-    async def _start_server(self) -> int:
+    async def _start_server(self, resuming: bool = False) -> int:
         server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[RequestGuard()])
         tokens = self.stage_tokens if self.require_stage_tokens else None
         stage_grpc.add_StageServiceServicer_to_server(StageService(self.jobs, tokens), server)
@@ -312,6 +317,14 @@ class MockPlatform:
             )
             if bound == 0:
                 raise RuntimeError(f"could not bind {unix}")
+        if resuming:
+            # Bound, not serving yet: the running jobs are resumed before any call is answered
+            # (operators launched now are given the address).
+            self._port = port
+            await self.state.resume_jobs()
+            # Then the capacity: running jobs hold their share again, queued ones wait (and
+            # one admitted now is launched with the address). It saves what it changes.
+            self.state.restore_schedule()
         await server.start()
         for name in ("", *served):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -347,10 +360,7 @@ class MockPlatform:
                 for job_id, stage, token in store.stage_tokens():
                     self.stage_tokens.restore(job_id, stage, token)
                 self._state_loaded = True
-                store.attach(self.state)
-                self.state.restore_schedule()  # saves what it changes: after attach
-            else:
-                store.attach(self.state)
+            store.attach(self.state)
         except BaseException:
             store.close()
             raise

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from server_mock._capacity import Capacity, CapacityExceededError, JobDemand
 from server_mock._definition import (
@@ -25,7 +25,9 @@ from server_mock._definition import (
     resolve_template,
 )
 from server_mock._errors import ApiError, ErrorCode
+from server_mock._failpoints import failpoint
 from server_mock._jobs import Job, JobState, JobStore, StageState, UnknownJobError
+from server_mock._launches import LaunchStore
 from server_mock._models import ModelRepository
 from server_mock._payloads import PayloadRecord, PayloadStore, PayloadType, copy_files
 from server_mock._pipelines import PipelineStore
@@ -33,7 +35,13 @@ from server_mock._saved_metadata import replace_metadata
 from server_mock._scheduler import CapacityScheduler
 from server_mock._workspace import JobLayout, build_job
 
-__all__ = ["InProcessLauncher", "JobRecord", "PlatformState", "StageLauncher"]
+__all__ = [
+    "InProcessLauncher",
+    "JobRecord",
+    "PlatformState",
+    "ResumingLauncher",
+    "StageLauncher",
+]
 
 
 class StageLauncher(Protocol):
@@ -41,6 +49,22 @@ class StageLauncher(Protocol):
 
     async def start(self, job: Job, definition: PipelineDefinition, layout: JobLayout) -> None:
         """Start ``job`` and launch its operators; return once they are launched."""
+
+
+@runtime_checkable
+class ResumingLauncher(StageLauncher, Protocol):
+    """A launcher that takes a running job's operators over again after a restart."""
+
+    async def resume(
+        self,
+        job: Job,
+        definition: PipelineDefinition,
+        layout: JobLayout,
+        *,
+        models: Mapping[str, Path] | None,
+        problem: str = "",
+    ) -> None:
+        """Adopt, launch or fail each unfinished stage of ``job`` (see the runner's)."""
 
 
 class InProcessLauncher:
@@ -115,6 +139,8 @@ class PlatformState:
             and no capacity is counted.
         scheduler: Starts jobs as ``capacity`` allows (see :mod:`server_mock._scheduler`);
             made from ``capacity``.
+        launches: Which stages were launched, as which process (a launcher attached with
+            it records there; saved with a state file, read by :meth:`resume_jobs`'s launcher).
     """
 
     workspace: Path
@@ -127,6 +153,7 @@ class PlatformState:
     transaction: Callable[[], contextlib.AbstractContextManager[None]] = contextlib.nullcontext
     capacity: Capacity | None = None
     scheduler: CapacityScheduler | None = field(init=False, default=None)
+    launches: LaunchStore = field(default_factory=LaunchStore)
 
     def __post_init__(self) -> None:
         if self.capacity is not None:
@@ -256,6 +283,7 @@ class PlatformState:
                 raise ApiError(
                     ErrorCode.INTERNAL, f"copying the input payloads failed: {error}"
                 ) from error
+            failpoint("start.inputs_copied")
             if _state_of(job) is not JobState.CREATED:  # cancelled during the copy
                 raise ApiError(
                     ErrorCode.JOB_NOT_STARTABLE,
@@ -303,6 +331,7 @@ class PlatformState:
                 raise ApiError(
                     ErrorCode.JOB_LAUNCH_FAILED, f"could not launch job {job.job_id.hex}: {error}"
                 ) from error
+            failpoint("start.launched")
         finally:
             record.starting = False
 
@@ -324,6 +353,28 @@ class PlatformState:
             for job in self.jobs.all()
             if (record := self.job_records.get(job.job_id)) is not None
         )
+
+    async def resume_jobs(self) -> None:
+        """After a restart: let the launcher take over every running job's operators again.
+
+        Each RUNNING job of a pipeline goes to :meth:`ResumingLauncher.resume` with the
+        definition it runs; a launcher that cannot resume (the in-process one: the caller
+        runs the drivers) is left alone.
+        """
+        launcher = self.launcher
+        if not isinstance(launcher, ResumingLauncher):
+            return
+        for job in self.jobs.all():
+            record = self.job_records.get(job.job_id)
+            if record is None or job.state is not JobState.RUNNING:
+                continue
+            definition, models, problem = record.definition, None, ""
+            try:
+                definition = _definition_for_start(job, record, record.variables)
+                models = self._model_dirs(definition)
+            except ApiError as error:
+                problem = str(error)
+            await launcher.resume(job, definition, record.layout, models=models, problem=problem)
 
     def _model_dirs(self, definition: PipelineDefinition) -> dict[str, Path]:
         """The folder of every model the definition's operators declare.

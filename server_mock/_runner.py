@@ -13,12 +13,10 @@ while upstream stages are still working). Each process gets the environment a Cl
 gives an operator, built by :func:`server_mock._operator_env.operator_environment`. Its stdout
 and stderr go to the job's ``logs/<operator>.log`` (served by Jobs.ReadLogs).
 
-The platform side of the life-cycle is enforced here: a process that exits without its
-stage having reported an outcome fails the stage, unless its driver left the outcome in its
-outbox (:mod:`server_mock._outbox`), which is then applied; a stage still running ``timeout_grace``
-after its timeout (counted from inputs ready) is timed out and its process stopped; a
-process still alive ``exit_grace`` after its stage ended (cancelled, failed upstream) is
-sent SIGTERM, then SIGKILL after ``kill_grace``.
+Each process is supervised (:mod:`server_mock._supervisor`: timeouts, exits, outboxes,
+stops). Each launch is recorded before and after the spawn (:mod:`server_mock._launches`), so
+that a restarted platform adopts the processes still running, launches what never was, and
+fails what is gone (:meth:`LocalProcessLauncher.resume`).
 
 Two runners (``runner=``): ``"sandbox"`` runs each operator in a bubblewrap sandbox (see
 :mod:`server_mock._sandbox`): it sees its inputs and outputs at the paths its definition
@@ -35,33 +33,30 @@ runner, a definition's command runs only when it runs a file of the command fold
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import os
 import shlex
 import sys
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Literal
 
 import yaml
 
 from clara import contract
+from server_mock._adopted_process import adopt
 from server_mock._command_policy import check_definition_command, check_definition_variables
 from server_mock._definition import OperatorSpec, PipelineDefinition, expand_command
+from server_mock._failpoints import failpoint
 from server_mock._jobs import Job, Stage, StageState
+from server_mock._launches import LaunchStatus, LaunchStore, identity_of
 from server_mock._operator_env import operator_environment, service_connections
-from server_mock._operator_process import OperatorProcess, start_operator_process
-from server_mock._outbox import apply_outbox
-from server_mock._resources import (
-    ResourceAllocator,
-    ResourceLimits,
-    memory_exhaustion,
-    parse_requests,
-)
+from server_mock._operator_process import start_operator_process
+from server_mock._resources import ResourceAllocator, ResourceLimits, parse_requests
 from server_mock._sandbox import (
     SANDBOX_STAGE_SOCKET,
     SandboxSettings,
@@ -70,7 +65,8 @@ from server_mock._sandbox import (
     bwrap_problem,
     sandbox_command,
 )
-from server_mock._workspace import JobLayout
+from server_mock._supervisor import RunnerTimeouts, Supervised, ended_while_down, supervise
+from server_mock._workspace import JobLayout, stage_spec_for
 
 __all__ = [
     "LocalProcessLauncher",
@@ -109,6 +105,9 @@ _TLS_FILE_VARIABLES = (contract.ENV_TLS_CA, contract.ENV_TLS_CERT, contract.ENV_
 # Host variables that describe the mock's Python, not an image's.
 _HOST_ONLY_VARIABLES = ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "LD_LIBRARY_PATH", "LD_PRELOAD")
 _IMAGE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+_NOT_RELAUNCHED = (
+    "never launched before the platform stopped, and cannot be launched after its restart"
+)
 _NOT_ISOLATED = (
     "operators run as plain processes of this user, not in a sandbox: they can read and write "
     "every file this user can (other jobs' folders, the state file, the home), share /tmp, "
@@ -118,22 +117,6 @@ _NOT_ISOLATED = (
 
 class OperatorMapError(ValueError):
     """An operator map file is malformed; the message names the file and entry."""
-
-
-@dataclass(frozen=True, slots=True)
-class RunnerTimeouts:
-    """The grace periods the launcher gives operator processes, in seconds.
-
-    Attributes:
-        timeout_grace: Past the stage timeout, how long the driver has to report TIMED_OUT
-            itself before the platform times the stage out and stops the process.
-        exit_grace: After the stage ended, how long the process has to exit on its own.
-        kill_grace: After SIGTERM, how long before SIGKILL.
-    """
-
-    timeout_grace: float = 20.0
-    exit_grace: float = 30.0
-    kill_grace: float = 15.0
 
 
 def load_operator_map(path: Path) -> dict[str, list[str]]:
@@ -209,16 +192,6 @@ class _LaunchPlan:
         return [*self.argv[:split], *expand_command(self.argv[split:], env)]
 
 
-@dataclass(frozen=True, slots=True)
-class _Launched:
-    """A launched operator, as its supervisor needs it."""
-
-    process: OperatorProcess
-    log_path: Path
-    log_offset: int  # where its output starts in the log (a restarted job appends)
-    plan: _LaunchPlan
-
-
 class LocalProcessLauncher:
     """Launches each operator of a job as a local process and supervises it.
 
@@ -250,7 +223,8 @@ class LocalProcessLauncher:
     Attributes:
         runner: The runner in use.
         exit_codes: Each finished operator process's exit code (negative: killed by that
-            signal), by (job id, operator name).
+            signal), by (job id, operator name); none for a process adopted after a restart.
+        launches: The launch record of each stage launched (see :meth:`attach`).
     """
 
     def __init__(
@@ -279,12 +253,15 @@ class LocalProcessLauncher:
         self._allow_definition_commands = allow_definition_commands
         self._resources = ResourceAllocator()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._released = False
         self.exit_codes: dict[tuple[str, str], int] = {}
+        self.launches = LaunchStore()
 
     def attach(
         self,
         platform_address: Callable[[], str],
         stage_token: Callable[[uuid.UUID, str], str] | None = None,
+        launches: LaunchStore | None = None,
     ) -> None:
         """Give the launcher its platform's address and token issuer, once the platform exists.
 
@@ -292,9 +269,13 @@ class LocalProcessLauncher:
             platform_address: Returns the stage service's ``host:port`` for the drivers.
             stage_token: Returns the secret token of (job id, stage name), e.g.
                 ``platform.stage_tokens.issue``.
+            launches: Where to record launches: the platform's (``platform.state.launches``,
+                saved in its state file); by default the launcher's own, in memory.
         """
         self._platform_address = platform_address
         self._stage_token = stage_token
+        if launches is not None:
+            self.launches = launches
 
     def command_for(self, operator: OperatorSpec) -> list[str]:
         """The argv that runs ``operator`` locally (inside its image root, if it has one).
@@ -358,47 +339,179 @@ class LocalProcessLauncher:
             OSError: A process could not be started; already started ones are stopped by
                 their supervisors when the job fails.
         """
-        plans = {op.name: self._plan(job, op, layout) for op in definition.operators}
+        plans = {op.name: self._plan(job, op, definition, layout) for op in definition.operators}
         layout.logs_dir.mkdir(parents=True, exist_ok=True)
         if self.runner == "sandbox":
             for operator in definition.operators:
                 _declare_stage_paths(job.stage(operator.name), operator)
         job.start()
+        failpoint("start.job_running")
+        self._launch(job, definition.operators, plans, layout)
+
+    async def resume(
+        self,
+        job: Job,
+        definition: PipelineDefinition,
+        layout: JobLayout,
+        *,
+        models: Mapping[str, Path] | None,
+        problem: str = "",
+    ) -> None:
+        """After a restart of the platform: take the running job's operators over again.
+
+        By each stage's launch record (:mod:`server_mock._launches`): a process that is
+        still the one launched is adopted and supervised as before; a stage never launched
+        is launched now; a stage whose process is gone, or whose launch the platform did not
+        live to record, gets the outcome its driver left in its outbox, else fails saying
+        so. So no stage of the job is left without something that can end it.
+
+        Args:
+            job: A RUNNING job of a pipeline.
+            definition: The definition it runs (template arguments resolved).
+            layout: Its payload's folders.
+            models: The folder of each model its operators declare; ``None`` when they
+                cannot be found (``problem`` says why).
+            problem: Why the stages never launched cannot be launched now (``""``: they can).
+        """
+        never_launched: list[OperatorSpec] = []
         for operator in definition.operators:
-            plan = plans[operator.name]
+            stage = job.stage(operator.name)
+            record = self.launches.get(job.job_id, operator.name)
+            if record is None:
+                if not stage.state.terminal:
+                    never_launched.append(operator)
+                continue
+            sandboxed = record.runner == "sandbox"
+            process = (
+                None if record.identity is None else adopt(record.identity, sandboxed=sandboxed)
+            )
+            if process is not None:
+                _log.info(
+                    "job %s: %s: adopted its process (pid %d) after a restart",
+                    job.job_id,
+                    operator.name,
+                    process.pid,
+                )
+                self._watch(Supervised.of(job, operator, layout, process, 0, adopted=True))
+            elif stage.state.terminal:
+                continue
+            elif record.identity is None and record.status is LaunchStatus.LAUNCHED:
+                # From a state file of schema 2: launched as a process nobody recorded.
+                _log.warning(
+                    "job %s: %s was launched by an older mock that did not record its process: "
+                    "it is not supervised (cancel the job if its operator is gone)",
+                    job.job_id,
+                    operator.name,
+                )
+            else:
+                ended_while_down(
+                    job,
+                    operator.name,
+                    layout.log_path(operator.name),
+                    layout.outbox_dir(operator.name),
+                    never_recorded=record.identity is None,
+                )
+        if not never_launched:
+            return
+        if models is None or problem:
+            for operator in never_launched:
+                job.fail_stage(operator.name, StageState.FAILED, f"{_NOT_RELAUNCHED}: {problem}")
+            return
+        await self._launch_after_restart(job, definition, layout, never_launched, models)
+
+    async def _launch_after_restart(
+        self,
+        job: Job,
+        definition: PipelineDefinition,
+        layout: JobLayout,
+        operators: list[OperatorSpec],
+        models: Mapping[str, Path],
+    ) -> None:
+        plans: dict[str, _LaunchPlan] = {}
+        for operator in operators:
+            stage = job.stage(operator.name)
+            stage.spec = dataclasses.replace(
+                stage.spec,
+                models=MappingProxyType({m.name: str(models[m.name]) for m in operator.models}),
+            )
+            try:
+                plans[operator.name] = self._plan(job, operator, definition, layout)
+            except ValueError as error:
+                job.fail_stage(operator.name, StageState.FAILED, f"{_NOT_RELAUNCHED}: {error}")
+                continue
+            if self.runner == "sandbox":
+                _declare_stage_paths(stage, operator)
+        launchable = [op for op in operators if op.name in plans]
+        _log.info(
+            "job %s: launching %s, never launched before the restart",
+            job.job_id,
+            ", ".join(op.name for op in launchable) or "nothing",
+        )
+        try:
+            self._launch(job, launchable, plans, layout)
+        except Exception as error:  # any failure ends the stages it strands
+            for operator in launchable:
+                job.fail_stage(
+                    operator.name, StageState.FAILED, f"launch after a restart failed: {error}"
+                )
+
+    def _launch(
+        self,
+        job: Job,
+        operators: Sequence[OperatorSpec],
+        plans: Mapping[str, _LaunchPlan],
+        layout: JobLayout,
+    ) -> None:
+        """Spawn and supervise each operator, recording the launch before and after the spawn."""
+        for operator in operators:
+            name = operator.name
+            plan = plans[name]
             env = self._wrap_environment(self.environment_for(job, operator, layout), plan)
             argv = plan.argv_for(env)
-            log_path = layout.log_path(operator.name)
+            log_path = layout.log_path(name)
             log_offset = log_path.stat().st_size if log_path.exists() else 0
+            failpoint("start.launch_recording")
+            self.launches.launching(job.job_id, name, self.runner)
+            failpoint("start.launch_recorded")
             with log_path.open("ab") as log:
-                process = await start_operator_process(
+                process = start_operator_process(
                     argv,
                     cwd=self._command_dir,
                     env=env,
                     log=log,
                     sandboxed=self.runner == "sandbox",
                 )
+            failpoint("start.spawned")
             _log.info(
                 "job %s: launched %s (%s runner, pid %d): %s",
                 job.job_id,
-                operator.name,
+                name,
                 self.runner,
                 process.pid,
                 shlex.join(argv),
             )
-            task = asyncio.create_task(
-                self._supervise(
-                    job,
-                    job.stage(operator.name),
-                    _Launched(process, log_path, log_offset, plan),
-                    layout.outbox_dir(operator.name),
-                ),
-                name=f"supervise-{operator.name}",
+            # Supervised first: should recording it fail, the job's failure still stops it.
+            self._watch(
+                Supervised.of(job, operator, layout, process, log_offset, limits=plan.limits)
             )
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self.launches.launched(job.job_id, name, self.runner, identity_of(process.pid))
+            failpoint("start.pid_recorded")
 
-    def _plan(self, job: Job, operator: OperatorSpec, layout: JobLayout) -> _LaunchPlan:
+    def _watch(self, target: Supervised) -> None:
+        """Supervise ``target`` in a task of its own (see :mod:`server_mock._supervisor`)."""
+
+        async def run() -> None:
+            code = await supervise(target, self._timeouts, released=lambda: self._released)
+            if code is not None:
+                self.exit_codes[(str(target.job.job_id), target.stage.spec.name)] = code
+
+        task = asyncio.create_task(run(), name=f"supervise-{target.stage.spec.name}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _plan(
+        self, job: Job, operator: OperatorSpec, definition: PipelineDefinition, layout: JobLayout
+    ) -> _LaunchPlan:
         """Settle the operator's argv and limits; refuse what cannot run, before any start."""
         self._check_services(operator)
         command, from_definition = self._command(operator)
@@ -425,14 +538,16 @@ class LocalProcessLauncher:
         if self.runner == "process":
             return _LaunchPlan([*prefix, *command], limits, gpus, None, len(command))
         stage = job.stage(operator.name).spec
+        # The host's folders (the stage's own paths are the declared ones once it ran here).
+        host = stage_spec_for(operator, definition, layout)
         mounts = (
             [
                 StageMount(Path(ref.path), declared.path, writable=False)
-                for ref, declared in zip(stage.inputs, operator.inputs, strict=True)
+                for ref, declared in zip(host.inputs, operator.inputs, strict=True)
             ]
             + [
                 StageMount(Path(ref.path), declared.path, writable=True)
-                for ref, declared in zip(stage.outputs, operator.outputs, strict=True)
+                for ref, declared in zip(host.outputs, operator.outputs, strict=True)
             ]
             + [
                 StageMount(Path(folder), f"{SANDBOX_MODELS_DIR}/{name}", writable=False)
@@ -531,89 +646,22 @@ class LocalProcessLauncher:
 
     async def stop_all(self) -> None:
         """Stop supervising (the supervisors kill their processes on the way out)."""
+        await self._cancel_supervisors()
+
+    async def release_all(self) -> None:
+        """Stop supervising and leave every process running, for a restart to adopt.
+
+        ``serve --state`` stopping: the launch records name the processes, and their drivers
+        reconnect to the restarted platform.
+        """
+        self._released = True
+        await self._cancel_supervisors()
+
+    async def _cancel_supervisors(self) -> None:
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-
-    async def _supervise(
-        self, job: Job, stage: Stage, launched: _Launched, outbox_dir: Path
-    ) -> None:
-        process, log_path, plan = launched.process, launched.log_path, launched.plan
-        loop = asyncio.get_running_loop()
-        name = stage.spec.name
-        exited = asyncio.ensure_future(process.wait())
-        # Deadlines on the loop's clock: when the running stage times out (armed once, when
-        # its inputs become ready) and when the process must be gone (armed once it ended).
-        timeout_at: float | None = None
-        stop_at: float | None = None
-        signals_sent = 0
-        try:
-            while not exited.done():
-                changed = stage.changed()
-                now = loop.time()
-                if stage.state is StageState.READY and timeout_at is None:
-                    timeout_at = now + stage.spec.timeout.total_seconds()
-                    timeout_at += self._timeouts.timeout_grace
-                if stage.state.terminal and stop_at is None:
-                    stop_at = now + self._timeouts.exit_grace
-                if stage.state is StageState.READY and timeout_at is not None and now >= timeout_at:
-                    job.fail_stage(
-                        name,
-                        StageState.TIMED_OUT,
-                        f"ran past its timeout of {stage.spec.timeout}; process stopped",
-                    )
-                    _log.warning("job %s: %s timed out; stopping it", job.job_id, name)
-                    stop_at = now
-                if stop_at is not None and now >= stop_at:
-                    signals_sent += 1
-                    if signals_sent == 1:
-                        process.terminate()
-                    else:
-                        process.kill()
-                    stop_at = now + self._timeouts.kill_grace
-                pending = [t for t in (timeout_at, stop_at) if t is not None and t > now]
-                deadline = min(pending, default=now + 3600)
-                waiter = asyncio.ensure_future(changed.wait())
-                await asyncio.wait(
-                    {exited, waiter}, timeout=deadline - now, return_when=asyncio.FIRST_COMPLETED
-                )
-                waiter.cancel()
-        except asyncio.CancelledError:
-            process.kill()
-            with contextlib.suppress(asyncio.CancelledError, ProcessLookupError, TimeoutError):
-                await asyncio.wait_for(asyncio.shield(exited), 10)
-            raise
-        finally:
-            process.end_leftovers()  # no process the operator started outlives it
-        code = exited.result()
-        self.exit_codes[(str(job.job_id), name)] = code
-        _log.info("job %s: %s exited with code %d", job.job_id, name, code)
-        exhausted = None
-        if plan.limits.memory_bytes is not None and code != 0:
-            exhausted = memory_exhaustion(
-                log_path, launched.log_offset, -code if code < 0 else None
-            )
-        memory = (
-            f"; it ran out of memory ({exhausted}): requests.memory limits it to "
-            f"{plan.limits.describe_memory()} of data memory (RLIMIT_DATA)"
-            if exhausted
-            else ""
-        )
-        # An outcome the driver wrote to its outbox but could not report over gRPC.
-        outbox = apply_outbox(job, name, outbox_dir) if not stage.state.terminal else None
-        if outbox is not None and not outbox.applied:
-            reason = f"signal {-code}" if code < 0 else f"code {code}"
-            job.fail_stage(
-                name,
-                StageState.FAILED,
-                f"operator process exited with {reason} before reporting an outcome"
-                f"{memory}{outbox.note} (see {log_path})",
-            )
-        elif memory:
-            _log.warning("job %s: %s%s", job.job_id, name, memory)
-            with contextlib.suppress(OSError), log_path.open("a", encoding="utf-8") as log:
-                log.write(f"clara-mock: operator {name}{memory}\n")
 
 
 def _declare_stage_paths(stage: Stage, operator: OperatorSpec) -> None:
