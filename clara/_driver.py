@@ -11,7 +11,8 @@ Any failure, cancellation or timeout skips ahead to CLEANING_UP: cleanup runs on
 once ``start()`` was called, and the outcome is reported exactly once (one report id, retried
 until acknowledged or the report deadline passes).
 
-Around it, each in a module of its own: the signal-stream watcher (:mod:`clara._signal_watcher`),
+Around it, each in a module of its own: the callbacks and their two names
+(:mod:`clara._callbacks`), the signal-stream watcher (:mod:`clara._signal_watcher`),
 SIGTERM handling (:mod:`clara._sigterm`), notifications and their log records
 (:mod:`clara._notifier`), starting execute from the inputs-ready signal
 (:mod:`clara._callback_start`), the outcome report and its outbox (:mod:`clara._report`)
@@ -34,16 +35,23 @@ from typing import Any, Generic, TypeVar
 import grpc
 
 from clara._callback_start import StartedCallback, StartOnInputsReady
+from clara._callbacks import (
+    Callbacks,
+    CleanupCallback,
+    ExecuteCallback,
+    NotifyCallback,
+    PrepareCallback,
+    one_callback,
+)
 from clara._config import DriverConfig, DriverTimeouts, resolve_config
 from clara._context import StageContext
 from clara._exceptions import (
     ClaraError,
-    ConfigurationError,
     ContextUnavailableError,
     DriverStateError,
     WaitTimeoutError,
 )
-from clara._notifications import Notification, NotificationKind
+from clara._notifications import NotificationKind
 from clara._notifier import Notifier
 from clara._payload import Payload
 from clara._report import report_outcome
@@ -60,19 +68,7 @@ __all__ = ["Driver", "DriverState"]
 _log = logging.getLogger("clara")
 
 AppData = TypeVar("AppData")
-PrepareCallback = Callable[["Driver[Any]"], bool | None]
-ExecuteCallback = Callable[["Driver[Any]", Payload], bool | None]
-CleanupCallback = Callable[["Driver[Any]"], bool | None]
-NotifyCallback = Callable[["Driver[Any]", Notification], None]
-
 _DEFAULT_WORKERS = 4
-# The names NVIDIA's Clara Pipeline Driver binding gives the callbacks (see docs/compatibility.md).
-_BINDING_NAMES = {
-    "prepare": "prepare_handler",
-    "execute": "execute_handler",
-    "cleanup": "cleanup_handler",
-    "notify": "notification_handler",
-}
 
 
 class DriverState(enum.Enum):
@@ -185,11 +181,11 @@ class Driver(Generic[AppData]):
         stage_token: str | None = None,
         handle_sigterm: bool = True,
     ) -> None:
-        callbacks = _Callbacks(
-            prepare=_one_callback("prepare", prepare, prepare_handler),
-            execute=_one_callback("execute", execute, execute_handler),
-            cleanup=_one_callback("cleanup", cleanup, cleanup_handler),
-            notify=_one_callback("notify", notify, notification_handler),
+        callbacks = Callbacks(
+            prepare=one_callback("prepare", prepare, prepare_handler),
+            execute=one_callback("execute", execute, execute_handler),
+            cleanup=one_callback("cleanup", cleanup, cleanup_handler),
+            notify=one_callback("notify", notify, notification_handler),
         )
         self._app_data = app_data
         self._config: DriverConfig = resolve_config(
@@ -319,30 +315,6 @@ class Driver(Generic[AppData]):
         return self._run.result
 
 
-@dataclass(frozen=True, slots=True)
-class _Callbacks:
-    prepare: PrepareCallback | None
-    execute: ExecuteCallback | None
-    cleanup: CleanupCallback | None
-    notify: NotifyCallback | None
-
-
-def _one_callback(role: str, seed: Any, binding: Any) -> Any:
-    """The callback for ``role``, given under the seed's name or the binding's, not both."""
-    binding_name = _BINDING_NAMES[role]
-    if seed is not None and binding is not None:
-        raise ConfigurationError(
-            f"{role}/{binding_name}",
-            binding,
-            f"the {role} callback is given twice, as {role}= and as {binding_name}=; "
-            "pass it under one of the two names",
-        )
-    name, callback = (role, seed) if seed is not None else (binding_name, binding)
-    if callback is not None and not callable(callback):
-        raise ConfigurationError(name, callback, "must be callable or None")
-    return callback
-
-
 def _context_unavailable(what: str) -> ContextUnavailableError:
     return ContextUnavailableError(
         f"{what} is not known yet: it arrives with the stage context after start(), before "
@@ -375,7 +347,7 @@ class _Lifecycle:
     def __init__(
         self,
         driver: Driver[Any],
-        callbacks: _Callbacks,
+        callbacks: Callbacks,
         config: DriverConfig,
         executor: futures.Executor | None,
         channel: grpc.Channel | None,
@@ -631,6 +603,15 @@ class _Lifecycle:
                 NotificationKind.TIMED_OUT if name == "execute" else NotificationKind.ERROR, message
             )
             return _CallResult(_CallEnd.TIMED_OUT, message)
+        call = self._returned(link, name, future)
+        if call.end is _CallEnd.FAILED and name != "cleanup" and cancelled.done():
+            # It gave up because the stage was cancelled (returning False is how an operator
+            # stops early), however late this thread woke up to see which came first.
+            return _CallResult(_CallEnd.INTERRUPTED, cancelled.result().message)
+        return call
+
+    def _returned(self, link: StageLink, name: str, future: futures.Future[Any]) -> _CallResult:
+        """What a callback's return (or raise) means; told to observers and the platform."""
         error = future.exception()
         if error is not None:
             message = f"{name} raised {type(error).__name__}: {error}"

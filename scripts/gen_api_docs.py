@@ -125,8 +125,9 @@ OPERATOR_ONLY_VARIABLES = {
     ),
     "CUDA_VISIBLE_DEVICES": (
         "The GPUs the operator may use.",
-        "Set: the GPUs its `requests.gpu` gave the operator; empty without a request (see "
-        "docs/security.md, *Resource limits*).",
+        "Set: the GPUs its `requests.gpu` gave the operator (under `serve` and `run`, reserved "
+        "for it alone until its stage ends); empty without a request (see docs/security.md, "
+        "*Resource limits*).",
         "The CUDA runtime; [Clara: Requests](https://docs.nvidia.com/clara-holoscan/archive/"
         "clara-deploy-0.7.4/sdk/platform/pipelines/public/docs/reference/requests.html) (`gpu`)",
     ),

@@ -58,6 +58,7 @@ class ErrorCode(enum.IntEnum):
     INVALID_JOB_INPUTS = -0x2806
     INVALID_JOB_REQUEST = -0x2807
     INVALID_JOB_METADATA = -0x2808
+    JOB_EXCEEDS_CAPACITY = -0x2810
 
     # Payloads: the mock's own (the docs give none).
     INVALID_PAYLOAD_ID = -0x3800
@@ -112,6 +113,7 @@ _STATUS = {
     ErrorCode.JOB_LIST_ERROR: grpc.StatusCode.UNAVAILABLE,
     ErrorCode.JOB_NOT_STARTABLE: grpc.StatusCode.FAILED_PRECONDITION,
     ErrorCode.JOB_LAUNCH_FAILED: grpc.StatusCode.INTERNAL,
+    ErrorCode.JOB_EXCEEDS_CAPACITY: grpc.StatusCode.FAILED_PRECONDITION,
     ErrorCode.UNKNOWN_OPERATOR: grpc.StatusCode.NOT_FOUND,
     ErrorCode.PAYLOAD_NOT_FOUND: grpc.StatusCode.NOT_FOUND,
     ErrorCode.PAYLOAD_READ_ONLY: grpc.StatusCode.FAILED_PRECONDITION,

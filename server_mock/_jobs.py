@@ -134,7 +134,9 @@ class StageSpec:
     """What the platform knows of a stage before the job starts.
 
     ``models`` maps each model the operator declares (``models:``) to the folder it sees the
-    model's files in; set when the job starts.
+    model's files in; set when the job starts. ``gpus`` are the GPU ids the platform's
+    capacity reserved for the stage (its ``CUDA_VISIBLE_DEVICES``), set when the job is
+    admitted; ``None`` when the platform counts no capacity (the launcher picks then).
     """
 
     name: str
@@ -143,6 +145,7 @@ class StageSpec:
     timeout: timedelta = DEFAULT_STAGE_TIMEOUT
     variables: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     models: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    gpus: tuple[str, ...] | None = None
 
     @property
     def upstream(self) -> frozenset[str]:

@@ -1,6 +1,15 @@
 """A launched operator's processes: waiting for them, stopping them, leaving none behind.
 
-Two kinds, one interface (:class:`OperatorProcess`):
+The supervisor (:mod:`server_mock._supervisor`) works on one small interface,
+:class:`ProcessHandle`, which two kinds of process implement: an operator this platform
+process spawned (:class:`OperatorProcess`, its child) and one a previous platform process
+spawned and this one adopted after a restart (:class:`server_mock._adopted_process.AdoptedProcess`).
+Both are watched through a Linux pidfd (``os.pidfd_open``, readable once the process ended);
+only a child's exit code can be known. The process is spawned with :class:`subprocess.Popen`,
+not an asyncio subprocess: asyncio's transport kills its child when it is closed or collected,
+and a platform with a state file leaves its operators running when it stops.
+
+How an operator is stopped (shared by both kinds, :class:`OperatorSignals`):
 
 * a plain process (the process runner) starts a new session, so it leads its own process
   group. Stopping it signals the whole group (``killpg``), and when its main process ends,
@@ -18,50 +27,90 @@ import asyncio
 import contextlib
 import os
 import signal
+import subprocess
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
-__all__ = ["OperatorProcess", "start_operator_process"]
+__all__ = [
+    "OperatorProcess",
+    "OperatorSignals",
+    "ProcessHandle",
+    "start_operator_process",
+    "wait_for_pidfd",
+]
 
 # A sandboxed command killed by signal N makes bwrap exit with 128 + N, as a shell does.
 _SIGNAL_EXIT_BASE = 128
 
 
-class OperatorProcess:
-    """One launched operator and the processes it starts.
+class ProcessHandle(Protocol):
+    """An operator's process as its supervisor sees it."""
+
+    @property
+    def pid(self) -> int:
+        """The main process's id (on the host)."""
+
+    async def wait(self) -> int | None:
+        """Wait until the main process ended; its exit code (negative: a signal), if known."""
+
+    def terminate(self) -> None:
+        """Ask every process of the operator to end (SIGTERM)."""
+
+    def kill(self) -> None:
+        """Kill every process of the operator (SIGKILL)."""
+
+    def end_leftovers(self) -> None:
+        """After the main process ended: kill what is left of it."""
+
+    def close(self) -> None:
+        """Release what watching it holds (its pidfd); the process itself is left alone."""
+
+
+async def wait_for_pidfd(pidfd: int) -> None:
+    """Return once the process of ``pidfd`` has ended (the pidfd becomes readable)."""
+    loop = asyncio.get_running_loop()
+    ended: asyncio.Future[None] = loop.create_future()
+
+    def readable() -> None:
+        if not ended.done():
+            ended.set_result(None)
+
+    loop.add_reader(pidfd, readable)
+    try:
+        await ended
+    finally:
+        loop.remove_reader(pidfd)
+
+
+class OperatorSignals:
+    """Stops an operator's processes, given its main process's pid (shared by both kinds).
 
     Args:
-        process: The process the launcher started (the command itself, or bwrap).
-        sandboxed: Whether ``process`` runs the command in a bwrap sandbox.
+        pid: The main process (the command itself, or bwrap, or the sandbox's keeper).
+        sandboxed: Whether it runs the command in a bwrap sandbox.
     """
 
-    def __init__(self, process: asyncio.subprocess.Process, *, sandboxed: bool) -> None:
-        self.process = process
+    def __init__(self, pid: int, *, sandboxed: bool) -> None:
+        self._pid = pid
         self.sandboxed = sandboxed
 
     @property
     def pid(self) -> int:
-        """The launched process's id (on the host)."""
-        return self.process.pid
+        """The main process's id (on the host)."""
+        return self._pid
 
-    async def wait(self) -> int:
-        """Wait for the main process; return its exit code, negative for a signal.
-
-        For a sandbox, bwrap's ``128 + N`` for a command killed by signal N is reported as
-        ``-N``, like a plain process's.
-        """
-        code = await self.process.wait()
-        if self.sandboxed and _SIGNAL_EXIT_BASE < code <= _SIGNAL_EXIT_BASE + 64:
-            return _SIGNAL_EXIT_BASE - code
-        return code
+    def signal_main(self, signum: signal.Signals) -> None:
+        """Send ``signum`` to the main process only (a no-op once it is gone)."""
+        _signal_pid(self._pid, signum)
 
     def terminate(self) -> None:
         """Ask every process of the operator to end (SIGTERM)."""
         if not self.sandboxed:
-            _signal_group(self.pid, signal.SIGTERM)
+            self.signal_main(signal.SIGTERM)
+            _signal_group(self._pid, signal.SIGTERM)
             return
-        init = _namespace_init(self.pid)
+        init = _namespace_init(self._pid)
         inside = [] if init is None else list(_descendants(init))
         if not inside:  # not started yet, or already gone: nothing can take a signal nicely
             self.kill()
@@ -72,22 +121,56 @@ class OperatorProcess:
     def kill(self) -> None:
         """Kill every process of the operator (SIGKILL)."""
         if not self.sandboxed:
-            _signal_group(self.pid, signal.SIGKILL)
-            _kill_session(self.pid)
+            self.signal_main(signal.SIGKILL)
+            _signal_group(self._pid, signal.SIGKILL)
+            _kill_session(self._pid)
             return
-        init = _namespace_init(self.pid)
+        init = _namespace_init(self._pid)
         if init is not None:
             _signal_pid(init, signal.SIGKILL)  # ends the PID namespace and all inside it
-        _signal_pid(self.pid, signal.SIGKILL)
+        self.signal_main(signal.SIGKILL)
 
     def end_leftovers(self) -> None:
         """After the main process ended: kill what is left of its group and session."""
         if not self.sandboxed:
-            _signal_group(self.pid, signal.SIGKILL)
-            _kill_session(self.pid)
+            _signal_group(self._pid, signal.SIGKILL)
+            _kill_session(self._pid)
 
 
-async def start_operator_process(
+class OperatorProcess(OperatorSignals):
+    """An operator this platform process spawned (its child), watched through a pidfd.
+
+    Args:
+        process: The spawned process (the command itself, or bwrap, or its keeper).
+        sandboxed: Whether ``process`` runs the command in a bwrap sandbox.
+    """
+
+    def __init__(self, process: subprocess.Popen[bytes], *, sandboxed: bool) -> None:
+        super().__init__(process.pid, sandboxed=sandboxed)
+        self.process = process
+        self._pidfd: int | None = os.pidfd_open(process.pid)
+
+    async def wait(self) -> int:
+        """Wait for the main process; return its exit code, negative for a signal.
+
+        For a sandbox, bwrap's ``128 + N`` for a command killed by signal N is reported as
+        ``-N``, like a plain process's.
+        """
+        if self._pidfd is not None:
+            await wait_for_pidfd(self._pidfd)
+        code = self.process.wait()  # it has ended: reaping it does not block
+        if self.sandboxed and _SIGNAL_EXIT_BASE < code <= _SIGNAL_EXIT_BASE + 64:
+            return _SIGNAL_EXIT_BASE - code
+        return code
+
+    def close(self) -> None:
+        """Close the pidfd (the process, if still running, is left alone)."""
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None
+
+
+def start_operator_process(
     argv: Sequence[str], *, cwd: Path, env: dict[str, str], log: BinaryIO, sandboxed: bool
 ) -> OperatorProcess:
     """Start an operator with its output going to ``log``.
@@ -95,16 +178,21 @@ async def start_operator_process(
     Raises:
         OSError: The program could not be started.
     """
-    process = await asyncio.create_subprocess_exec(
-        *argv,
+    process = subprocess.Popen(
+        list(argv),
         cwd=cwd,
         env=env,
-        stdin=asyncio.subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
         stdout=log,
-        stderr=asyncio.subprocess.STDOUT,
+        stderr=subprocess.STDOUT,
         start_new_session=True,  # its own group and session: a signal to the mock spares it
     )
-    return OperatorProcess(process, sandboxed=sandboxed)
+    try:
+        return OperatorProcess(process, sandboxed=sandboxed)
+    except OSError:
+        process.kill()
+        process.wait()
+        raise
 
 
 def _signal_pid(pid: int, signum: signal.Signals) -> None:

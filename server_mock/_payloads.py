@@ -4,11 +4,24 @@ A reusable payload (created through the API) holds what the client uploads. A pi
 is created for one job and holds the job's folders (see :class:`~server_mock._workspace.JobLayout`);
 uploads into it land in its ``input/`` folder.
 
-Blob names are relative POSIX paths (``scans/ct.mhd``). A name is refused when it is empty,
-absolute, contains ``.``/``..``/empty components, a backslash, NUL or another control
-character, or resolves (through symlinks) outside the payload's folder. Uploads are written
-to a temporary file and linked into place only when complete, so a failed upload leaves
-nothing behind and a reader never sees half a file.
+Blob names are relative POSIX paths (``scans/ct.mhd``); one leading ``/`` is ignored, as the
+Clara docs say ("When a name is prefixed with a slash '/' character the prefix is ignored",
+PayloadFileDetails). A name is refused when it is empty, contains ``.``/``..``/empty
+components, a backslash, NUL or another control character, has a component longer than the
+file system's 255 bytes, is nested more than :data:`MAX_BLOB_NAME_DEPTH` deep, makes a path
+longer than the file system's, or resolves (through symlinks) outside the payload's folder.
+
+Names are case-preserving: an upload stores the name as given (two names that differ only in
+case are two files). Download and Remove find a file case-insensitively, by the docs' rules
+for Download: the file whose name matches exactly, else the only one whose name matches
+ignoring case; several that match ignoring case and none exactly is an error that names them
+(:meth:`PayloadStore.find_file`).
+
+Uploads are written to a temporary file in ``<payloads>/.uploads/`` and linked into place
+only when complete, so a failed upload leaves no file in the payload and a reader never sees
+half a file. The temporary file is removed as soon as the upload ends without its file
+(:meth:`Upload.abort`), and the ones a crash left behind are removed when the platform starts
+(:meth:`PayloadStore.remove_partial_uploads`).
 
 The records live on the mock's event-loop thread; file I/O happens there too except for the
 bulk copy of input payloads (:func:`copy_files`), which callers run in a worker thread.
@@ -19,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import errno
+import logging
 import os
 import shutil
 import stat
@@ -36,6 +50,7 @@ from server_mock._saved_metadata import replace_metadata
 __all__ = [
     "CHUNK_SIZE",
     "MAX_BLOB_NAME_CHARS",
+    "MAX_BLOB_NAME_DEPTH",
     "FileInfo",
     "PayloadRecord",
     "PayloadStore",
@@ -51,8 +66,20 @@ CHUNK_SIZE = 64 * 1024
 MAX_BLOB_NAME_CHARS = 4096
 """Longest accepted blob name."""
 
-_MAX_COMPONENT_BYTES = 255
+MAX_BLOB_NAME_DEPTH = 128
+"""Most components (folders and the file) of a blob name.
+
+The mock's choice: far deeper than any real image tree, and far below the depth at which
+Python's recursive file-tree helpers (``os.walk``, ``shutil.rmtree``, ``Path.mkdir(parents=True)``)
+hit the interpreter's recursion limit.
+"""
+
+_MAX_COMPONENT_BYTES = 255  # NAME_MAX of Linux file systems
+_PATH_MAX = 4096  # Linux's PATH_MAX, the terminating NUL included
 _FILE_MODE = 0o644
+_TEMP_PREFIX = "upload-"
+
+_log = logging.getLogger("server_mock.payloads")
 
 
 class PayloadType(enum.Enum):
@@ -105,12 +132,13 @@ def _bad_name(name: str, why: str) -> ApiError:
 
 
 def check_blob_name(name: str) -> PurePosixPath:
-    """Return ``name`` as a relative path, or refuse it.
+    """Return ``name`` as a relative path (one leading ``/`` dropped), or refuse it.
 
     Raises:
         ApiError: ``INVALID_BLOB_NAME`` naming what is wrong.
     """
-    if not name:
+    relative = name.removeprefix("/")  # "the prefix is ignored" (PayloadFileDetails)
+    if not relative:
         raise _bad_name(name, "the name is empty")
     if len(name) > MAX_BLOB_NAME_CHARS:
         raise _bad_name(name, f"longer than {MAX_BLOB_NAME_CHARS} characters")
@@ -118,25 +146,69 @@ def check_blob_name(name: str) -> PurePosixPath:
         raise _bad_name(name, "backslashes are not allowed; separate folders with '/'")
     if any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):
         raise _bad_name(name, "NUL and other control characters are not allowed")
-    if name.startswith("/"):
-        raise _bad_name(name, "the name must be relative to the payload, not absolute")
-    parts = name.split("/")
+    parts = relative.split("/")
+    if len(parts) > MAX_BLOB_NAME_DEPTH:
+        raise _bad_name(
+            name, f"{len(parts)} path components; at most {MAX_BLOB_NAME_DEPTH} are allowed"
+        )
     for part in parts:
         if part in ("", ".", ".."):
             raise _bad_name(name, "empty, '.' and '..' path components are not allowed")
-        if len(part.encode("utf-8", "surrogatepass")) > _MAX_COMPONENT_BYTES:
-            raise _bad_name(name, f"a path component is longer than {_MAX_COMPONENT_BYTES} bytes")
+        size = len(part.encode("utf-8", "surrogatepass"))
+        if size > _MAX_COMPONENT_BYTES:
+            shown = part if len(part) <= 40 else part[:37] + "..."
+            raise _bad_name(
+                name,
+                f"the path component {shown!r} is {size} bytes; the file system allows at "
+                f"most {_MAX_COMPONENT_BYTES}",
+            )
     return PurePosixPath(*parts)
 
 
 def _inside(base: Path, relative: PurePosixPath, name: str) -> Path:
-    """``base / relative``, refused when it resolves (through symlinks) outside ``base``."""
+    """``base / relative``, refused when too long a path or it resolves outside ``base``."""
     target = base.joinpath(*relative.parts)
+    size = len(os.fsencode(target))
+    if size >= _PATH_MAX:
+        raise _bad_name(
+            name,
+            f"inside the payload's folder the path is {size} bytes; the file system allows "
+            f"at most {_PATH_MAX - 1}",
+        )
     real_base = Path(os.path.realpath(base))
     real = Path(os.path.realpath(target))
     if real == real_base or not real.is_relative_to(real_base):
         raise _bad_name(name, "it resolves outside the payload (through a symlink)")
     return target
+
+
+def _case_insensitive_matches(base: Path, relative: PurePosixPath) -> list[PurePosixPath]:
+    """Every regular file under ``base`` whose path equals ``relative`` ignoring case, sorted.
+
+    Walks one component at a time (folders that differ only in case are each searched) and
+    follows no symlink: only real folders are entered and only regular files returned.
+    """
+    found: list[PurePosixPath] = [PurePosixPath()]
+    last = len(relative.parts) - 1
+    for index, part in enumerate(relative.parts):
+        wanted = part.lower()
+        following: list[PurePosixPath] = []
+        for folder in found:
+            try:
+                with os.scandir(base.joinpath(*folder.parts)) as scan:
+                    entries = list(scan)
+            except OSError:  # not a folder (any more), or unreadable: nothing matches there
+                continue
+            for entry in entries:
+                if entry.name.lower() != wanted:
+                    continue
+                with contextlib.suppress(OSError):
+                    is_file = entry.is_file(follow_symlinks=False)
+                    is_dir = entry.is_dir(follow_symlinks=False)
+                    if is_file if index == last else is_dir:
+                        following.append(folder / entry.name)
+        found = following
+    return sorted(found)
 
 
 def _file_info(path: Path, name: str) -> FileInfo:
@@ -164,6 +236,12 @@ class Upload:
 
     Create with :meth:`PayloadStore.begin_upload`; always end with :meth:`commit` or
     :meth:`abort`.
+
+    Attributes:
+        record: The payload the file goes into.
+        name: The file's name as the client gave it.
+        temp_path: The temporary file the chunks go to.
+        size: Bytes received so far.
     """
 
     def __init__(self, record: PayloadRecord, relative: PurePosixPath, name: str, temp_dir: Path):
@@ -171,8 +249,8 @@ class Upload:
         self.name = name
         self._relative = relative
         temp_dir.mkdir(parents=True, exist_ok=True)
-        fd, temp_name = tempfile.mkstemp(dir=temp_dir, prefix="upload-")
-        self._temp = Path(temp_name)
+        fd, temp_name = tempfile.mkstemp(dir=temp_dir, prefix=_TEMP_PREFIX)
+        self.temp_path = Path(temp_name)
         self._file: BinaryIO | None = os.fdopen(fd, "wb")
         self.size = 0
 
@@ -197,11 +275,11 @@ class Upload:
             self._file = None
             base = self.record.upload_root
             target = _check_new_file(base, self._relative, self.name)
-            os.chmod(self._temp, _FILE_MODE)
+            os.chmod(self.temp_path, _FILE_MODE)
             target.parent.mkdir(parents=True, exist_ok=True)
             _inside(base, self._relative, self.name)  # the folders just made must not escape
             try:
-                os.link(self._temp, target)  # fails if the name appeared meanwhile: no clobber
+                os.link(self.temp_path, target)  # fails if the name appeared meanwhile: no clobber
             except FileExistsError:
                 raise ApiError(
                     ErrorCode.FILE_EXISTS, f"payload already has a file {self.name!r}"
@@ -211,13 +289,16 @@ class Upload:
         finally:
             self.abort()
 
-    def abort(self) -> None:
-        """Drop the temporary file (idempotent)."""
+    def abort(self) -> bool:
+        """Drop the temporary file (idempotent); return whether there was one to remove."""
         if self._file is not None:
             self._file.close()
             self._file = None
-        with contextlib.suppress(FileNotFoundError):
-            self._temp.unlink()
+        try:
+            self.temp_path.unlink()
+        except FileNotFoundError:
+            return False
+        return True
 
 
 def _check_new_file(base: Path, relative: PurePosixPath, name: str) -> Path:
@@ -338,17 +419,86 @@ class PayloadStore:
         _check_new_file(record.upload_root, relative, name)
         return Upload(record, relative, name, self._temp_dir)
 
+    def remove_partial_uploads(self) -> list[tuple[str, int]]:
+        """Remove the temporary files of uploads that never ended (a crash left them).
+
+        Call only while no upload runs (at start-up): every file in the temporary folder
+        belongs to an upload in progress or to a dead one. Each removal is logged.
+
+        Returns:
+            The name and size of each file removed.
+        """
+        removed: list[tuple[str, int]] = []
+        if not self._temp_dir.is_dir():
+            return removed
+        for entry in sorted(self._temp_dir.iterdir()):
+            try:
+                size = entry.lstat().st_size
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
+            except OSError as error:
+                _log.error("could not remove the partial upload %s: %s", entry, error)
+                continue
+            _log.warning(
+                "removed partial upload %s (%d bytes): an upload that never ended, left by "
+                "an earlier run",
+                entry,
+                size,
+            )
+            removed.append((entry.name, size))
+        return removed
+
+    def find_file(self, record: PayloadRecord, name: str) -> tuple[Path, str]:
+        """The file ``name`` names (relative to the payload's root), found as Download does.
+
+        "Payload file names are case preserving" and a download finds its file so: the file
+        whose name matches exactly; else the only file whose name matches ignoring case; when
+        several match ignoring case and none exactly, "no files will be downloaded and an
+        error will be returned" (Payloads Download RPC, 0.7.4 and 0.8.1). Case is compared
+        by ``str.lower`` of each path component. The search never follows a symlink; an
+        exact name may (within the payload), as before.
+
+        Returns:
+            The file's path and its stored name (relative to the payload's root).
+
+        Raises:
+            ApiError: The name is invalid or escapes the payload (``INVALID_BLOB_NAME``), no
+                file matches, or several match ignoring case and none exactly
+                (``FILE_NOT_FOUND``, naming them).
+        """
+        relative = check_blob_name(name)
+        exact = _inside(record.root, relative, name)
+        if exact.is_file() or exact.is_symlink():
+            return exact, relative.as_posix()
+        matches = _case_insensitive_matches(record.root, relative)
+        if len(matches) == 1:
+            return record.root.joinpath(*matches[0].parts), matches[0].as_posix()
+        if not matches:
+            raise ApiError(ErrorCode.FILE_NOT_FOUND, f"payload has no file {name!r}")
+        shown = ", ".join(repr(m.as_posix()) for m in matches[:5])
+        more = f" and {len(matches) - 5} more" if len(matches) > 5 else ""
+        raise ApiError(
+            ErrorCode.FILE_NOT_FOUND,
+            f"payload has no file {name!r}; {len(matches)} files match it ignoring case "
+            f"({shown}{more}) and none exactly: name one of them exactly",
+        )
+
     def open_file(self, record: PayloadRecord, name: str) -> tuple[FileInfo, BinaryIO]:
         """Open the file ``name`` (relative to the payload's root) for reading.
 
+        The file is found as :meth:`find_file` says (case-insensitively).
+
         Returns:
-            The file's details and the open file; the caller closes it.
+            The file's details (under its stored name) and the open file; the caller closes
+            it.
 
         Raises:
             ApiError: The name is invalid or escapes the payload, or there is no such
                 regular file (``FILE_NOT_FOUND``).
         """
-        target = _inside(record.root, check_blob_name(name), name)
+        target, stored = self.find_file(record, name)
         real = os.path.realpath(target)
         try:
             fd = os.open(real, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
@@ -363,18 +513,22 @@ class PayloadStore:
         if not stat.S_ISREG(st.st_mode):
             handle.close()
             raise ApiError(ErrorCode.FILE_NOT_FOUND, f"{name!r} is not a file of the payload")
-        return FileInfo(name=name, size=st.st_size, mode=stat.S_IMODE(st.st_mode)), handle
+        return FileInfo(name=stored, size=st.st_size, mode=stat.S_IMODE(st.st_mode)), handle
 
     def remove_file(self, record: PayloadRecord, name: str) -> FileInfo:
         """Delete the file ``name`` (relative to the payload's root).
 
+        The file is found as for a download (:meth:`find_file`): the docs give those rules
+        for Download only, and say "Payload file names are case-insensitive" of every name
+        (PayloadFileDetails), so Remove finds what Download would.
+
         Raises:
             ApiError: The name is invalid or escapes the payload, or there is no such file.
         """
-        target = _inside(record.root, check_blob_name(name), name)
+        target, stored = self.find_file(record, name)
         if target.is_symlink() or not target.is_file():
             raise ApiError(ErrorCode.FILE_NOT_FOUND, f"payload has no file {name!r}")
-        info = _file_info(target, name)
+        info = _file_info(target, stored)
         target.unlink()
         return info
 

@@ -5,8 +5,10 @@ state in memory only.
 
 What is saved: pipelines (definition text, metadata), payload records (their files already
 live in the workspace), jobs with their job records, every stage's state, message, report id
-and ``reports_applied``, and the model repository's records (models, catalogs, instances; the
-models' files live in the workspace too). Not saved: drivers' progress events.
+and ``reports_applied``, the model repository's records (models, catalogs, instances; the
+models' files live in the workspace too), and each stage's launch record (which process its
+operator runs as: what a restarted platform adopts, see :mod:`server_mock._launches`). Not
+saved: drivers' progress events.
 
 Writes happen on the platform's event-loop thread, synchronously, from the stores' hooks
 (:attr:`Job.on_change <server_mock._jobs.Job.on_change>`, ``PipelineStore.on_saved`` ...),
@@ -15,7 +17,7 @@ answered; :meth:`StateStore.transaction` groups the writes of one request (a job
 payload and its record). The database runs in WAL mode with ``synchronous=FULL``: a crash at
 any point loses nothing that was acknowledged, and never leaves half a change.
 
-Schema (version 2)::
+Schema (version 3)::
 
     meta(key PRIMARY KEY, value)
     pipelines(pipeline_id PRIMARY KEY, path, text, metadata, created_at, updated_at)
@@ -27,10 +29,15 @@ Schema (version 2)::
     stage_tokens(job_id, stage, token, PRIMARY KEY (job_id, stage))
     models(model_id PRIMARY KEY, name, type, metadata, size, created_at)
     model_catalogs(catalog_id PRIMARY KEY, kind, model_ids, created_at)
+    launches(job_id, stage, status, runner, pid, start_ticks, boot_id,
+             PRIMARY KEY (job_id, stage))
 
-Version 1 (before the model repository) lacked the last two tables: a version 1 file is
-migrated on open (the tables are added, nothing else changes); a file of any other version is
-refused with a message naming both versions, and left untouched.
+Older files are migrated on open: version 1 (before the model repository) lacked the model
+tables, version 2 (before launch records) the ``launches`` table. Migrating version 2 records
+every unfinished stage of a running job as launched by a process it cannot name (that mock
+launched them all at Jobs.Start, and did not record as what), so a restart neither launches
+them twice nor fails them. A file of any other version is refused with a message naming the
+versions, and left untouched.
 
 Ids are hex UUIDs; ``metadata``, ``record``, ``spec`` and ``model_ids`` are JSON. The stage
 tokens are kept so that operators launched before a restart can still call the stage API
@@ -62,6 +69,7 @@ from server_mock._jobs import (
     StageSpec,
     StageState,
 )
+from server_mock._launches import LaunchRecord, LaunchStatus, ProcessIdentity
 from server_mock._models import CatalogKind, CatalogRecord, ModelRecord, ModelType
 from server_mock._payloads import PayloadRecord, PayloadType
 from server_mock._pipelines import PipelineRecord
@@ -72,8 +80,8 @@ __all__ = ["SCHEMA_VERSION", "StateStore", "StateStoreError", "default_workspace
 
 _log = logging.getLogger("server_mock.persistence")
 
-SCHEMA_VERSION = 2
-_MIGRATES_FROM = "1"  # version 1 lacks the model tables only
+SCHEMA_VERSION = 3
+_MIGRATES_FROM = ("1", "2")  # 1 lacks the model tables; 1 and 2 lack the launches table
 
 _META = "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
 _SCHEMA = """
@@ -137,6 +145,22 @@ CREATE TABLE IF NOT EXISTS model_catalogs (
     model_ids TEXT NOT NULL,
     created_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS launches (
+    job_id TEXT NOT NULL,
+    stage TEXT NOT NULL,
+    status TEXT NOT NULL,
+    runner TEXT NOT NULL,
+    pid INTEGER,
+    start_ticks INTEGER,
+    boot_id TEXT,
+    PRIMARY KEY (job_id, stage)
+);
+"""
+# What a version 2 file's running jobs had: every stage launched, by an unnamed process.
+_LAUNCHED_BEFORE_RECORDS = """
+INSERT OR IGNORE INTO launches (job_id, stage, status, runner)
+SELECT stages.job_id, stages.name, 'launched', 'process' FROM stages JOIN jobs USING (job_id)
+WHERE jobs.state = 'running' AND jobs.record IS NOT NULL
 """
 
 
@@ -178,14 +202,14 @@ class StateStore:
             raise
 
     def _open_schema(self) -> None:
-        """Create the tables of a new file, migrate a version 1 file, refuse any other."""
+        """Create the tables of a new file, migrate an older one, refuse any other version."""
         row = self._db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
         version = None if row is None else str(row[0])
-        if version not in (None, _MIGRATES_FROM, str(SCHEMA_VERSION)):
+        if version not in (None, *_MIGRATES_FROM, str(SCHEMA_VERSION)):
             raise StateStoreError(
                 f"state file {self.path} has schema version {version}; this mock reads version "
-                f"{SCHEMA_VERSION} (and migrates version {_MIGRATES_FROM}): use the mock that "
-                "wrote it, or another --state file"
+                f"{SCHEMA_VERSION} (and migrates versions {', '.join(_MIGRATES_FROM)}): use the "
+                "mock that wrote it, or another --state file"
             )
         for statement in _SCHEMA.split(";"):
             if statement.strip():
@@ -194,15 +218,17 @@ class StateStore:
             self._db.execute(
                 "INSERT INTO meta (key, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),)
             )
-        elif version == _MIGRATES_FROM:
+        elif version in _MIGRATES_FROM:
+            self._db.execute(_LAUNCHED_BEFORE_RECORDS)
             self._db.execute(
                 "UPDATE meta SET value = ? WHERE key = 'schema'", (str(SCHEMA_VERSION),)
             )
             _log.info(
-                "state %s: migrated from schema version %s to %s (added the model tables)",
+                "state %s: migrated from schema version %s to %s (added the %s)",
                 self.path,
                 version,
                 SCHEMA_VERSION,
+                "model and launch tables" if version == "1" else "launch table",
             )
 
     def close(self) -> None:
@@ -371,6 +397,23 @@ class StateStore:
                 "INSERT OR REPLACE INTO stage_tokens VALUES (?, ?, ?)", (job_id.hex, stage, token)
             )
 
+    def save_launch(self, record: LaunchRecord) -> None:
+        """Insert or replace a stage's launch record (before the launcher goes on)."""
+        identity = record.identity
+        with self.transaction():
+            self._db.execute(
+                "INSERT OR REPLACE INTO launches VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    record.job_id.hex,
+                    record.stage,
+                    record.status.value,
+                    record.runner,
+                    None if identity is None else identity.pid,
+                    None if identity is None else identity.start_ticks,
+                    None if identity is None else identity.boot_id,
+                ),
+            )
+
     def stage_tokens(self) -> list[tuple[uuid.UUID, str, str]]:
         """Every saved stage token, as (job id, stage, token)."""
         rows = self._db.execute("SELECT job_id, stage, token FROM stage_tokens").fetchall()
@@ -414,6 +457,13 @@ class StateStore:
             if row[8] is not None:
                 state.job_records[job.job_id] = _record_from_json(job.job_id, json.loads(row[8]))
         self._load_models(state)
+        for job_id, stage, status, runner, pid, start_ticks, boot_id in self._db.execute(
+            "SELECT * FROM launches"
+        ):
+            identity = None if pid is None else ProcessIdentity(pid, start_ticks, boot_id)
+            state.launches.restore(
+                LaunchRecord(uuid.UUID(job_id), stage, LaunchStatus(status), runner, identity)
+            )
         _log.info(
             "state %s: loaded %d pipeline(s), %d payload(s), %d job(s), %d model(s)",
             self.path,
@@ -465,6 +515,7 @@ class StateStore:
         state.models.on_model_removed = self.delete_model
         state.models.on_catalog_saved = self.save_catalog
         state.models.on_catalog_removed = self.delete_catalog
+        state.launches.on_saved = self.save_launch
         state.transaction = self.transaction
 
     @staticmethod
@@ -477,6 +528,7 @@ class StateStore:
             job.on_change = None
         state.models.on_model_saved = state.models.on_model_removed = None
         state.models.on_catalog_saved = state.models.on_catalog_removed = None
+        state.launches.on_saved = None
         state.transaction = contextlib.nullcontext
 
 
@@ -492,6 +544,7 @@ def _spec_to_json(spec: StageSpec) -> dict[str, Any]:
         "outputs": [[o.path, o.name, o.declared_path] for o in spec.outputs],
         "timeout": spec.timeout.total_seconds(),
         "variables": dict(spec.variables),
+        "models": dict(spec.models),  # absent in files written before it
     }
 
 
@@ -502,6 +555,7 @@ def _spec_from_json(name: str, data: dict[str, Any]) -> StageSpec:
         outputs=tuple(OutputRef(*entry) for entry in data["outputs"]),
         timeout=timedelta(seconds=data["timeout"]),
         variables=MappingProxyType(dict(data["variables"])),
+        models=MappingProxyType(dict(data.get("models", {}))),
     )
 
 
@@ -536,6 +590,9 @@ def _record_to_json(record: JobRecord) -> dict[str, Any]:
         "input_payload_ids": [p.hex for p in record.input_payload_ids],
         "metadata": record.metadata,
         "variables": record.variables,
+        # The capacity queue (a file written before it has neither: not queued, no GPUs).
+        "queued": record.queued,
+        "gpu_ids": {name: list(ids) for name, ids in record.gpu_ids.items()},
     }
 
 
@@ -551,6 +608,8 @@ def _record_from_json(job_id: uuid.UUID, data: dict[str, Any]) -> JobRecord:
         metadata=dict(data["metadata"]),
         variables=dict(data["variables"]),
         definition_text=data["definition"],
+        queued=data.get("queued"),
+        gpu_ids={name: tuple(ids) for name, ids in data.get("gpu_ids", {}).items()},
     )
 
 

@@ -28,6 +28,7 @@ from clara.contract import DRIVER_KEEPALIVE_INTERVAL
 from clara.stage_api import stage_service_pb2 as stage_pb
 from clara.stage_api import stage_service_pb2_grpc as stage_grpc
 from server_mock._auth import StageTokens
+from server_mock._capacity import Capacity
 from server_mock._health import HealthService
 from server_mock._jobs import Job, JobState, StageSpec, StageState
 from server_mock._persistence import StateStore, default_workspace
@@ -171,9 +172,15 @@ class MockPlatform:
         max_upload_bytes: The largest file ``Payloads.Upload`` accepts.
         state_path: Keep the platform's state in this SQLite file (see
             :mod:`server_mock._persistence`): loaded by :meth:`start`, every change committed
-            before it is acknowledged. By default the state lives in memory only.
+            before it is acknowledged; then the launcher resumes the running jobs (adopts their
+            operators, see :meth:`PlatformState.resume_jobs
+            <server_mock._platform_state.PlatformState.resume_jobs>`). By default the state lives
+            in memory only.
         unix_socket: Also serve on this Unix socket (with the same TLS), e.g. in a private
             folder, for sandboxed operators without a network; removed on :meth:`stop`.
+        capacity: What the platform can run at once: a started job waits (pending) until its
+            operators' ``requests`` fit, in priority order (see :mod:`server_mock._scheduler`).
+            By default no capacity is counted and every job starts at once.
 
     Raises:
         TlsFileError: A file of ``tls`` is missing, unreadable or not PEM.
@@ -191,6 +198,7 @@ class MockPlatform:
         max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
         state_path: Path | None = None,
         unix_socket: Path | None = None,
+        capacity: Capacity | None = None,
     ) -> None:
         if max_upload_bytes <= 0:
             raise ValueError(f"max_upload_bytes {max_upload_bytes}: expected a size > 0")
@@ -216,7 +224,9 @@ class MockPlatform:
         if workspace is None:
             self._temp_workspace = tempfile.TemporaryDirectory(prefix="clara-mock-")
             workspace = Path(self._temp_workspace.name)
-        self.state = PlatformState(workspace=workspace, launcher=launcher or InProcessLauncher())
+        self.state = PlatformState(
+            workspace=workspace, launcher=launcher or InProcessLauncher(), capacity=capacity
+        )
         self.jobs = self.state.jobs
 
     # -- life-cycle -----------------------------------------------------------------------
@@ -263,16 +273,19 @@ class MockPlatform:
         self._thread.start()
         ready.wait(10)
         try:
+            self.call(self.state.payloads.remove_partial_uploads)  # a crash's leftovers
+            resuming = self._state_path is not None and not self._state_loaded
             self.call(self._open_state)
-            self._port = self.call_async(self._start_server)
+            self._port = self.call_async(lambda: self._start_server(resuming))
         except BaseException:
+            self._port = None
             self._close_state()
             self._shutdown_loop()
             raise
         _log.info("mock platform listening on %s", self.address)
         return self.address
 
-    async def _start_server(self) -> int:
+    async def _start_server(self, resuming: bool = False) -> int:
         server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[RequestGuard()])
         tokens = self.stage_tokens if self.require_stage_tokens else None
         stage_grpc.add_StageServiceServicer_to_server(StageService(self.jobs, tokens), server)
@@ -304,6 +317,14 @@ class MockPlatform:
             )
             if bound == 0:
                 raise RuntimeError(f"could not bind {unix}")
+        if resuming:
+            # Bound, not serving yet: the running jobs are resumed before any call is answered
+            # (operators launched now are given the address).
+            self._port = port
+            await self.state.resume_jobs()
+            # Then the capacity: running jobs hold their share again, queued ones wait (and
+            # one admitted now is launched with the address). It saves what it changes.
+            self.state.restore_schedule()
         await server.start()
         for name in ("", *served):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)

@@ -16,22 +16,32 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
+from server_mock._capacity import Capacity, CapacityExceededError, JobDemand
 from server_mock._definition import (
     PipelineDefinition,
     PipelineDefinitionError,
     resolve_template,
 )
 from server_mock._errors import ApiError, ErrorCode
+from server_mock._failpoints import failpoint
 from server_mock._jobs import Job, JobState, JobStore, StageState, UnknownJobError
+from server_mock._launches import LaunchStore
 from server_mock._models import ModelRepository
 from server_mock._payloads import PayloadRecord, PayloadStore, PayloadType, copy_files
 from server_mock._pipelines import PipelineStore
 from server_mock._saved_metadata import replace_metadata
+from server_mock._scheduler import CapacityScheduler
 from server_mock._workspace import JobLayout, build_job
 
-__all__ = ["InProcessLauncher", "JobRecord", "PlatformState", "StageLauncher"]
+__all__ = [
+    "InProcessLauncher",
+    "JobRecord",
+    "PlatformState",
+    "ResumingLauncher",
+    "StageLauncher",
+]
 
 
 class StageLauncher(Protocol):
@@ -39,6 +49,22 @@ class StageLauncher(Protocol):
 
     async def start(self, job: Job, definition: PipelineDefinition, layout: JobLayout) -> None:
         """Start ``job`` and launch its operators; return once they are launched."""
+
+
+@runtime_checkable
+class ResumingLauncher(StageLauncher, Protocol):
+    """A launcher that takes a running job's operators over again after a restart."""
+
+    async def resume(
+        self,
+        job: Job,
+        definition: PipelineDefinition,
+        layout: JobLayout,
+        *,
+        models: Mapping[str, Path] | None,
+        problem: str = "",
+    ) -> None:
+        """Adopt, launch or fail each unfinished stage of ``job`` (see the runner's)."""
 
 
 class InProcessLauncher:
@@ -69,6 +95,9 @@ class JobRecord:
         variables: The values given on start (empty until then).
         definition_text: The YAML text of ``definition`` (what persistence saves).
         starting: True while a start request is copying inputs and launching operators.
+        queued: While the job waits for capacity after its start (``serve`` counts
+            capacity; see :mod:`server_mock._scheduler`), its place in the queue.
+        gpu_ids: The GPU ids each operator was given when the job was admitted.
     """
 
     job_id: uuid.UUID
@@ -82,6 +111,13 @@ class JobRecord:
     variables: dict[str, str] = field(default_factory=dict)
     definition_text: str = ""
     starting: bool = False
+    queued: int | None = None
+    gpu_ids: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    @property
+    def start_requested(self) -> bool:
+        """True once a start request took the job, until its operators are launched."""
+        return self.starting or self.queued is not None
 
 
 @dataclass
@@ -99,6 +135,12 @@ class PlatformState:
         job_records: The platform API's records of the jobs it created, by job id.
         transaction: Groups the persistence writes of one request into one transaction (a
             no-op without a state file; see :mod:`server_mock._persistence`).
+        capacity: What the platform can run at once; ``None``: every job starts at once,
+            and no capacity is counted.
+        scheduler: Starts jobs as ``capacity`` allows (see :mod:`server_mock._scheduler`);
+            made from ``capacity``.
+        launches: Which stages were launched, as which process (a launcher attached with
+            it records there; saved with a state file, read by :meth:`resume_jobs`'s launcher).
     """
 
     workspace: Path
@@ -109,8 +151,13 @@ class PlatformState:
     models: ModelRepository = field(init=False)
     job_records: dict[uuid.UUID, JobRecord] = field(default_factory=dict)
     transaction: Callable[[], contextlib.AbstractContextManager[None]] = contextlib.nullcontext
+    capacity: Capacity | None = None
+    scheduler: CapacityScheduler | None = field(init=False, default=None)
+    launches: LaunchStore = field(default_factory=LaunchStore)
 
     def __post_init__(self) -> None:
+        if self.capacity is not None:
+            self.scheduler = CapacityScheduler(self.capacity, self._launch_job)
         self.payloads = PayloadStore(self.workspace / "payloads")
         self.models = ModelRepository(self.workspace / "models")
 
@@ -192,14 +239,22 @@ class PlatformState:
         definition's), as before. A definition the mock cannot run (shared-memory inputs or
         outputs, imported services) is refused here, naming the operator and the field.
 
+        With a :attr:`scheduler`, a job that does not fit in the free capacity now is queued
+        (it stays created: ``JOB_STATE_PENDING``) and launched when it does; one that could
+        never fit is refused, and nothing changes.
+
         Raises:
-            ApiError: Unknown job; the job is not in the created state (or is being started);
-                an input payload is gone or collides with another; the launcher failed.
+            ApiError: Unknown job; the job is not in the created state (or is being started,
+                or queued); an input payload is gone or collides with another; the job asks
+                for more than the whole capacity (``JOB_EXCEEDS_CAPACITY``); the launcher
+                failed.
         """
         job = self.get_job(job_id)
         record = self.job_records.get(job_id)
-        if job.state is not JobState.CREATED or (record is not None and record.starting):
-            state = "being started" if job.state is JobState.CREATED else job.state.value
+        if job.state is not JobState.CREATED or (record is not None and record.start_requested):
+            state = job.state.value
+            if job.state is JobState.CREATED:
+                state = "being started" if record is None or record.queued is None else "queued"
             raise ApiError(
                 ErrorCode.JOB_NOT_STARTABLE,
                 f"job {job_id.hex} is {state}; only a created job can be started",
@@ -209,6 +264,17 @@ class PlatformState:
             return job
         record.starting = True
         try:
+            definition = _definition_for_start(job, record, variables or {})
+            self._model_dirs(definition)  # refuse a missing model before anything is copied
+            demand: JobDemand | None = None
+            if self.scheduler is not None:
+                try:
+                    demand = self.scheduler.check(definition)
+                except CapacityExceededError as error:
+                    raise ApiError(
+                        ErrorCode.JOB_EXCEEDS_CAPACITY,
+                        f"job {job_id.hex} can never run here: {error}",
+                    ) from None
             sources = [self.payloads.get(p) for p in record.input_payload_ids]
             plan = self.payloads.copy_plan(sources, record.layout.input_dir)
             try:
@@ -217,15 +283,35 @@ class PlatformState:
                 raise ApiError(
                     ErrorCode.INTERNAL, f"copying the input payloads failed: {error}"
                 ) from error
+            failpoint("start.inputs_copied")
             if _state_of(job) is not JobState.CREATED:  # cancelled during the copy
                 raise ApiError(
                     ErrorCode.JOB_NOT_STARTABLE,
                     f"job {job_id.hex} was {job.state.value} while its inputs were copied",
                 )
-            definition = _definition_for_start(job, record, variables or {})
+            record.variables = dict(variables or {})  # what launching resolves the job with
+            if self.scheduler is None or demand is None:
+                await self._launch_job(job)
+            else:
+                await self.scheduler.submit(job, record, demand)
+            return job
+        finally:
+            record.starting = False
+
+    async def _launch_job(self, job: Job) -> None:
+        """Launch the operators of a job of the Jobs API (at its start, or when admitted).
+
+        Its definition is made again from the record (template arguments, models), so a job
+        queued before a restart launches the same way.
+
+        Raises:
+            ApiError: The definition or a model no longer resolves, or the launcher failed.
+        """
+        record = self.job_records[job.job_id]
+        record.starting = True
+        try:
+            definition = _definition_for_start(job, record, record.variables)
             model_dirs = self._model_dirs(definition)
-            if variables:
-                record.variables = dict(variables)
             for operator in definition.operators:
                 if operator.models:
                     stage = job.stage(operator.name)
@@ -243,11 +329,52 @@ class PlatformState:
                         if not stage.state.terminal:
                             job.fail_stage(name, StageState.FAILED, f"launch failed: {error}")
                 raise ApiError(
-                    ErrorCode.JOB_LAUNCH_FAILED, f"could not launch job {job_id.hex}: {error}"
+                    ErrorCode.JOB_LAUNCH_FAILED, f"could not launch job {job.job_id.hex}: {error}"
                 ) from error
-            return job
+            failpoint("start.launched")
         finally:
             record.starting = False
+
+    def waiting_messages(self, job_id: uuid.UUID) -> list[str]:
+        """Why the job waits for capacity, as messages: none unless it is queued."""
+        message = None if self.scheduler is None else self.scheduler.waiting_message(job_id)
+        return [] if message is None else [message]
+
+    def restore_schedule(self) -> None:
+        """After loading a state file: running jobs hold their share again, queued ones wait.
+
+        Call on the loop thread, once, after the stores were loaded (a no-op without a
+        :attr:`scheduler`).
+        """
+        if self.scheduler is None:
+            return
+        self.scheduler.restore(
+            (job, record, _demand_of(record))
+            for job in self.jobs.all()
+            if (record := self.job_records.get(job.job_id)) is not None
+        )
+
+    async def resume_jobs(self) -> None:
+        """After a restart: let the launcher take over every running job's operators again.
+
+        Each RUNNING job of a pipeline goes to :meth:`ResumingLauncher.resume` with the
+        definition it runs; a launcher that cannot resume (the in-process one: the caller
+        runs the drivers) is left alone.
+        """
+        launcher = self.launcher
+        if not isinstance(launcher, ResumingLauncher):
+            return
+        for job in self.jobs.all():
+            record = self.job_records.get(job.job_id)
+            if record is None or job.state is not JobState.RUNNING:
+                continue
+            definition, models, problem = record.definition, None, ""
+            try:
+                definition = _definition_for_start(job, record, record.variables)
+                models = self._model_dirs(definition)
+            except ApiError as error:
+                problem = str(error)
+            await launcher.resume(job, definition, record.layout, models=models, problem=problem)
 
     def _model_dirs(self, definition: PipelineDefinition) -> dict[str, Path]:
         """The folder of every model the definition's operators declare.
@@ -307,7 +434,7 @@ class PlatformState:
         if job is None:
             return
         record = self.job_records.get(job.job_id)
-        if job.state is not JobState.CREATED or (record is not None and record.starting):
+        if job.state is not JobState.CREATED or (record is not None and record.start_requested):
             raise ApiError(
                 ErrorCode.PAYLOAD_READ_ONLY,
                 f"payload {payload.payload_id.hex} belongs to job {job.job_id.hex}, which has "
@@ -383,6 +510,16 @@ def _definition_for_start(
     if problems:
         raise ApiError(ErrorCode.JOB_LAUNCH_FAILED, "; ".join(problems))
     return definition
+
+
+def _demand_of(record: JobRecord) -> JobDemand:
+    """What a job asks of the capacity: its definition's requests, template resolved."""
+    definition = record.definition
+    if definition.parameters:
+        # Start resolved it before; if it no longer does, launching will say so.
+        with contextlib.suppress(PipelineDefinitionError):
+            definition = resolve_template(record.definition_text, record.variables)
+    return JobDemand.of(definition)
 
 
 def _shape(definition: PipelineDefinition) -> list[tuple[str, list[str], list[str]]]:

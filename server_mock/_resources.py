@@ -14,7 +14,9 @@ exceeds its system memory limit, it will be terminated"). The mock applies them 
   that operators spread out; a request of all CPUs or more sets no affinity.
 * ``gpu``: ``CUDA_VISIBLE_DEVICES``: that many devices of the mock's own
   ``CUDA_VISIBLE_DEVICES`` (or of the ``/dev/nvidiaN`` devices), rotating; no request means no
-  GPU (``CUDA_VISIBLE_DEVICES=""``), as on the platform. GPUs are not reserved exclusively.
+  GPU (``CUDA_VISIBLE_DEVICES=""``), as on the platform. Under a platform that counts its
+  capacity (``serve``, ``run``), the stage's own reserved GPU ids are used instead
+  (:mod:`server_mock._scheduler`); otherwise GPUs are not reserved exclusively.
 
 The values are whole numbers, as the Requests page defines them, validated once by the
 definition parser (:class:`~server_mock._definition.ResourceRequests`); memory in MB is read
@@ -34,9 +36,11 @@ from pathlib import Path
 from server_mock._definition import OperatorSpec
 
 __all__ = [
+    "MIB",
     "ResourceAllocator",
     "ResourceLimits",
     "ResourceRequestError",
+    "host_gpus",
     "memory_exhaustion",
     "parse_requests",
 ]
@@ -95,7 +99,7 @@ class ResourceAllocator:
 
     def __init__(self, cpus: Sequence[int] | None = None, gpus: Sequence[str] | None = None):
         self.cpus = sorted(os.sched_getaffinity(0)) if cpus is None else list(cpus)
-        self.gpus = _host_gpus() if gpus is None else list(gpus)
+        self.gpus = host_gpus() if gpus is None else list(gpus)
         self._next_cpu = 0
         self._next_gpu = 0
 
@@ -135,7 +139,8 @@ def _tool(name: str, field: str) -> str:
     return path
 
 
-def _host_gpus() -> list[str]:
+def host_gpus() -> list[str]:
+    """The host's GPU ids: the mock's own ``CUDA_VISIBLE_DEVICES``, else ``/dev/nvidiaN``."""
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None:
         return [d.strip() for d in visible.split(",") if d.strip() and d.strip() != "-1"]

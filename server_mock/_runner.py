@@ -1,24 +1,17 @@
 """Runs a job's operators as local processes: the mock's stand-in for the cluster's containers.
 
-Mapping from an operator's container to a local command, first match wins:
-
-1. an operator map (``--operator-map FILE``: YAML ``"image:tag": [argv...]`` or
-   ``"image": [argv...]``);
-2. the container's own ``command``, run in the command folder (for ``clara-mock run``, the
-   pipeline file's folder); a leading ``python``/``python3`` means the interpreter running
-   the mock, so operators share its environment.
+An operator's container maps to a local command (an operator map, else its own
+``command``; see :mod:`server_mock._container_commands`).
 
 Every operator of a job is launched when the job starts (as on the platform, ``prepare`` runs
 while upstream stages are still working). Each process gets the environment a Clara cluster
 gives an operator, built by :func:`server_mock._operator_env.operator_environment`. Its stdout
 and stderr go to the job's ``logs/<operator>.log`` (served by Jobs.ReadLogs).
 
-The platform side of the life-cycle is enforced here: a process that exits without its
-stage having reported an outcome fails the stage, unless its driver left the outcome in its
-outbox (:mod:`server_mock._outbox`), which is then applied; a stage still running ``timeout_grace``
-after its timeout (counted from inputs ready) is timed out and its process stopped; a
-process still alive ``exit_grace`` after its stage ended (cancelled, failed upstream) is
-sent SIGTERM, then SIGKILL after ``kill_grace``.
+Each process is supervised (:mod:`server_mock._supervisor`: timeouts, exits, outboxes,
+stops). Each launch is recorded before and after the spawn (:mod:`server_mock._launches`), so
+that a restarted platform adopts the processes still running, launches what never was, and
+fails what is gone (:meth:`LocalProcessLauncher.resume`).
 
 Two runners (``runner=``): ``"sandbox"`` runs each operator in a bubblewrap sandbox (see
 :mod:`server_mock._sandbox`): it sees its inputs and outputs at the paths its definition
@@ -40,42 +33,37 @@ before anything starts.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import os
 import shlex
-import sys
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Literal
 
-import yaml
-
 from clara import contract
+from server_mock._adopted_process import adopt
 from server_mock._command_policy import check_definition_command, check_definition_variables
-from server_mock._definition import (
-    ContainerSpec,
-    OperatorSpec,
-    PipelineDefinition,
-    expand_command,
+from server_mock._container_commands import (
+    PYTHON_NAMES,
+    ContainerCommands,
+    OperatorMapError,
+    load_operator_map,
 )
+from server_mock._definition import OperatorSpec, PipelineDefinition, expand_command
+from server_mock._failpoints import failpoint
 from server_mock._jobs import Job, Stage, StageState
+from server_mock._launches import LaunchStatus, LaunchStore, identity_of
 from server_mock._operator_env import (
     image_environment,
     operator_environment,
     service_connections,
 )
-from server_mock._operator_process import OperatorProcess, start_operator_process
-from server_mock._outbox import apply_outbox
-from server_mock._resources import (
-    ResourceAllocator,
-    ResourceLimits,
-    memory_exhaustion,
-    parse_requests,
-)
+from server_mock._operator_process import start_operator_process
+from server_mock._resources import ResourceAllocator, ResourceLimits, parse_requests
 from server_mock._sandbox import (
     SANDBOX_STAGE_SOCKET,
     SandboxSettings,
@@ -86,7 +74,8 @@ from server_mock._sandbox import (
     sandbox_command,
 )
 from server_mock._services import JobServices, ServiceLauncher, ServiceRunner
-from server_mock._workspace import JobLayout
+from server_mock._supervisor import RunnerTimeouts, Supervised, ended_while_down, supervise
+from server_mock._workspace import JobLayout, stage_spec_for
 
 __all__ = [
     "LocalProcessLauncher",
@@ -105,7 +94,6 @@ _log = logging.getLogger("server_mock.runner")
 # Where the sandbox shows an operator its declared models, read-only: /models/<name>.
 SANDBOX_MODELS_DIR = "/models"
 
-_PYTHON_NAMES = frozenset({"python", "python3", f"python3.{sys.version_info.minor}"})
 # The launcher decides these; an inherited value (e.g. from a developer's shell) must not leak.
 _DRIVER_VARIABLES = (
     contract.ENV_STAGE_SERVICE,
@@ -122,62 +110,14 @@ _DRIVER_VARIABLES = (
     contract.ENV_TLS_SERVER_NAME,
 )
 _TLS_FILE_VARIABLES = (contract.ENV_TLS_CA, contract.ENV_TLS_CERT, contract.ENV_TLS_KEY)
+_NOT_RELAUNCHED = (
+    "never launched before the platform stopped, and cannot be launched after its restart"
+)
 _NOT_ISOLATED = (
     "operators run as plain processes of this user, not in a sandbox: they can read and write "
     "every file this user can (other jobs' folders, the state file, the home), share /tmp, "
     "and processes they detach with setsid outlive them"
 )
-
-
-class OperatorMapError(ValueError):
-    """An operator map file is malformed; the message names the file and entry."""
-
-
-@dataclass(frozen=True, slots=True)
-class RunnerTimeouts:
-    """The grace periods the launcher gives operator processes, in seconds.
-
-    Attributes:
-        timeout_grace: Past the stage timeout, how long the driver has to report TIMED_OUT
-            itself before the platform times the stage out and stops the process.
-        exit_grace: After the stage ended, how long the process has to exit on its own.
-        kill_grace: After SIGTERM, how long before SIGKILL (operators and services).
-        service_ready: How long a service has to accept connections on its ports.
-    """
-
-    timeout_grace: float = 20.0
-    exit_grace: float = 30.0
-    kill_grace: float = 15.0
-    service_ready: float = 20.0
-
-
-def load_operator_map(path: Path) -> dict[str, list[str]]:
-    """Read an operator map file: YAML mapping ``image[:tag]`` to an argv list or a string.
-
-    Raises:
-        OperatorMapError: Unreadable file, not a mapping, or an entry that is not a command.
-    """
-    try:
-        document = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as error:
-        raise OperatorMapError(f"operator map {path}: {error}") from None
-    if not isinstance(document, dict):
-        raise OperatorMapError(f"operator map {path}: expected a mapping of image to command")
-    commands: dict[str, list[str]] = {}
-    for image, entry in document.items():
-        command = shlex.split(entry) if isinstance(entry, str) else entry
-        if (
-            not isinstance(image, str)
-            or not isinstance(command, list)
-            or not command
-            or not all(isinstance(part, str) and part for part in command)
-        ):
-            raise OperatorMapError(
-                f"operator map {path}, entry {image!r}: expected a non-empty command "
-                "(a string or a list of strings)"
-            )
-        commands[image] = command
-    return commands
 
 
 def choose_runner(runner: RunnerKind | None, sandbox: SandboxSettings) -> RunnerKind:
@@ -224,16 +164,6 @@ class _LaunchPlan:
         return [*self.argv[:split], *expand_command(self.argv[split:], env)]
 
 
-@dataclass(frozen=True, slots=True)
-class _Launched:
-    """A launched operator, as its supervisor needs it."""
-
-    process: OperatorProcess
-    log_path: Path
-    log_offset: int  # where its output starts in the log (a restarted job appends)
-    plan: _LaunchPlan
-
-
 class LocalProcessLauncher:
     """Launches each operator of a job as a local process and supervises it.
 
@@ -265,7 +195,8 @@ class LocalProcessLauncher:
     Attributes:
         runner: The runner in use.
         exit_codes: Each finished operator process's exit code (negative: killed by that
-            signal), by (job id, operator name).
+            signal), by (job id, operator name); none for a process adopted after a restart.
+        launches: The launch record of each stage launched (see :meth:`attach`).
     """
 
     def __init__(
@@ -284,7 +215,6 @@ class LocalProcessLauncher:
         self._stage_token = stage_token
         self._platform_address = platform_address
         self._command_dir = command_dir
-        self._operator_map = dict(operator_map or {})
         self._timeouts = timeouts or RunnerTimeouts()
         self._extra_env = dict(extra_env or {})
         self._sandbox = sandbox or SandboxSettings()
@@ -293,26 +223,28 @@ class LocalProcessLauncher:
         self.runner: RunnerKind = choose_runner(runner, self._sandbox)
         self._allow_definition_commands = allow_definition_commands
         self._resources = ResourceAllocator()
+        self._commands = ContainerCommands(operator_map or {}, self._sandbox.rootfs)
         self._services = ServiceLauncher(
             ServiceRunner(
                 command_dir,
                 self._sandbox if self.runner == "sandbox" else None,
                 allow_definition_commands=allow_definition_commands,
-                command_of=self._container_command,
-                image_root_of=self._image_root,
-                python_names=_PYTHON_NAMES,
+                commands=self._commands,
             ),
             os.environ,
             ready_timeout=self._timeouts.service_ready,
             kill_grace=self._timeouts.kill_grace,
         )
         self._tasks: set[asyncio.Task[None]] = set()
+        self._released = False
         self.exit_codes: dict[tuple[str, str], int] = {}
+        self.launches = LaunchStore()
 
     def attach(
         self,
         platform_address: Callable[[], str],
         stage_token: Callable[[uuid.UUID, str], str] | None = None,
+        launches: LaunchStore | None = None,
     ) -> None:
         """Give the launcher its platform's address and token issuer, once the platform exists.
 
@@ -320,9 +252,13 @@ class LocalProcessLauncher:
             platform_address: Returns the stage service's ``host:port`` for the drivers.
             stage_token: Returns the secret token of (job id, stage name), e.g.
                 ``platform.stage_tokens.issue``.
+            launches: Where to record launches: the platform's (``platform.state.launches``,
+                saved in its state file); by default the launcher's own, in memory.
         """
         self._platform_address = platform_address
         self._stage_token = stage_token
+        if launches is not None:
+            self.launches = launches
 
     def command_for(self, operator: OperatorSpec) -> list[str]:
         """The argv that runs ``operator`` locally (inside its image root, if it has one).
@@ -334,7 +270,7 @@ class LocalProcessLauncher:
 
     def _command(self, operator: OperatorSpec) -> tuple[list[str], bool]:
         """The operator's argv, and whether it comes from the definition (not the map)."""
-        command, from_definition = self._container_command(operator.container)
+        command, from_definition = self._commands.command_of(operator.container)
         if not command:
             container = operator.container
             raise ValueError(
@@ -344,24 +280,9 @@ class LocalProcessLauncher:
             )
         return command, from_definition
 
-    def _container_command(self, container: ContainerSpec) -> tuple[list[str], bool]:
-        """The container's argv (empty: none), and whether it comes from the definition."""
-        command = self._operator_map.get(f"{container.image}:{container.tag}")
-        command = command or self._operator_map.get(container.image)
-        from_definition = command is None
-        if command is None:
-            command = list(container.command)
-        if command and command[0] in _PYTHON_NAMES and self._image_root(container) is None:
-            command = [sys.executable, *command[1:]]
-        return command, from_definition
-
     def image_root_of(self, operator: OperatorSpec) -> Path | None:
         """The unpacked image root ``operator`` runs in (``--operator-rootfs``), if any."""
-        return self._image_root(operator.container)
-
-    def _image_root(self, container: ContainerSpec) -> Path | None:
-        rootfs = self._sandbox.rootfs
-        return rootfs.get(f"{container.image}:{container.tag}") or rootfs.get(container.image)
+        return self._commands.image_root_of(operator.container)
 
     def environment_for(
         self,
@@ -409,7 +330,7 @@ class LocalProcessLauncher:
             OSError: A process could not be started; already started ones are stopped by
                 their supervisors when the job fails.
         """
-        plans = {op.name: self._plan(job, op, layout) for op in definition.operators}
+        plans = {op.name: self._plan(job, op, definition, layout) for op in definition.operators}
         service_plans = self._services.plan(definition, layout)
         layout.logs_dir.mkdir(parents=True, exist_ok=True)
         if self.runner == "sandbox":
@@ -418,73 +339,209 @@ class LocalProcessLauncher:
         services = await self._services.start(job, service_plans, layout)
         tasks: list[asyncio.Task[None]] = []
         try:
-            await self._launch(job, definition, layout, plans, services=services, tasks=tasks)
-        finally:  # the services stay until every launched operator has exited
-            stopper = asyncio.create_task(services.stop_after(tasks), name=f"services-{job.job_id}")
-            self._tasks.add(stopper)
-            stopper.add_done_callback(self._tasks.discard)
+            job.start()
+            failpoint("start.job_running")
+            self._launch(job, definition.operators, plans, layout, services=services, tasks=tasks)
+        finally:
+            self._stop_services_after(services, tasks)
 
-    async def _launch(
+    def _stop_services_after(self, services: JobServices, tasks: list[asyncio.Task[None]]) -> None:
+        """Keep the job's services until every one of ``tasks`` (its supervisors) ended."""
+        stopper = asyncio.create_task(
+            services.stop_after(tasks), name=f"services-{services.job.job_id}"
+        )
+        self._tasks.add(stopper)
+        stopper.add_done_callback(self._tasks.discard)
+
+    async def resume(
         self,
         job: Job,
         definition: PipelineDefinition,
         layout: JobLayout,
+        *,
+        models: Mapping[str, Path] | None,
+        problem: str = "",
+    ) -> None:
+        """After a restart of the platform: take the running job's operators over again.
+
+        By each stage's launch record (:mod:`server_mock._launches`): a process that is
+        still the one launched is adopted and supervised as before; a stage never launched
+        is launched now; a stage whose process is gone, or whose launch the platform did not
+        live to record, gets the outcome its driver left in its outbox, else fails saying
+        so. So no stage of the job is left without something that can end it.
+
+        Args:
+            job: A RUNNING job of a pipeline.
+            definition: The definition it runs (template arguments resolved).
+            layout: Its payload's folders.
+            models: The folder of each model its operators declare; ``None`` when they
+                cannot be found (``problem`` says why).
+            problem: Why the stages never launched cannot be launched now (``""``: they can).
+        """
+        never_launched: list[OperatorSpec] = []
+        for operator in definition.operators:
+            stage = job.stage(operator.name)
+            record = self.launches.get(job.job_id, operator.name)
+            if record is None:
+                if not stage.state.terminal:
+                    never_launched.append(operator)
+                continue
+            sandboxed = record.runner == "sandbox"
+            process = (
+                None if record.identity is None else adopt(record.identity, sandboxed=sandboxed)
+            )
+            if process is not None:
+                _log.info(
+                    "job %s: %s: adopted its process (pid %d) after a restart",
+                    job.job_id,
+                    operator.name,
+                    process.pid,
+                )
+                self._watch(Supervised.of(job, operator, layout, process, 0, adopted=True))
+            elif stage.state.terminal:
+                continue
+            elif record.identity is None and record.status is LaunchStatus.LAUNCHED:
+                # From a state file of schema 2: launched as a process nobody recorded.
+                _log.warning(
+                    "job %s: %s was launched by an older mock that did not record its process: "
+                    "it is not supervised (cancel the job if its operator is gone)",
+                    job.job_id,
+                    operator.name,
+                )
+            else:
+                ended_while_down(
+                    job,
+                    operator.name,
+                    layout.log_path(operator.name),
+                    layout.outbox_dir(operator.name),
+                    never_recorded=record.identity is None,
+                )
+        if not never_launched:
+            return
+        if models is None or problem:
+            for operator in never_launched:
+                job.fail_stage(operator.name, StageState.FAILED, f"{_NOT_RELAUNCHED}: {problem}")
+            return
+        await self._launch_after_restart(job, definition, layout, never_launched, models)
+
+    async def _launch_after_restart(
+        self,
+        job: Job,
+        definition: PipelineDefinition,
+        layout: JobLayout,
+        operators: list[OperatorSpec],
+        models: Mapping[str, Path],
+    ) -> None:
+        plans: dict[str, _LaunchPlan] = {}
+        for operator in operators:
+            stage = job.stage(operator.name)
+            stage.spec = dataclasses.replace(
+                stage.spec,
+                models=MappingProxyType({m.name: str(models[m.name]) for m in operator.models}),
+            )
+            try:
+                plans[operator.name] = self._plan(job, operator, definition, layout)
+            except ValueError as error:
+                job.fail_stage(operator.name, StageState.FAILED, f"{_NOT_RELAUNCHED}: {error}")
+                continue
+            if self.runner == "sandbox":
+                _declare_stage_paths(stage, operator)
+        launchable = [op for op in operators if op.name in plans]
+        _log.info(
+            "job %s: launching %s, never launched before the restart",
+            job.job_id,
+            ", ".join(op.name for op in launchable) or "nothing",
+        )
+        try:
+            self._launch(
+                job, launchable, plans, layout, services=JobServices(job, self._services), tasks=[]
+            )
+        except Exception as error:  # any failure ends the stages it strands
+            for operator in launchable:
+                job.fail_stage(
+                    operator.name, StageState.FAILED, f"launch after a restart failed: {error}"
+                )
+
+    def _launch(
+        self,
+        job: Job,
+        operators: Sequence[OperatorSpec],
         plans: Mapping[str, _LaunchPlan],
+        layout: JobLayout,
         *,
         services: JobServices,
         tasks: list[asyncio.Task[None]],
     ) -> None:
-        """Start the job and launch its operators, adding their supervisors to ``tasks``."""
-        job.start()
-        for operator in definition.operators:
-            plan = plans[operator.name]
-            env = self.environment_for(job, operator, layout, services.addresses_for(operator.name))
+        """Spawn and supervise each operator, recording the launch before and after the spawn.
+
+        Each supervisor is added to ``tasks``; ``services`` give the operators their addresses.
+        """
+        for operator in operators:
+            name = operator.name
+            plan = plans[name]
+            env = self.environment_for(job, operator, layout, services.addresses_for(name))
             env = self._wrap_environment(env, plan)
             argv = plan.argv_for(env)
-            log_path = layout.log_path(operator.name)
+            log_path = layout.log_path(name)
             log_offset = log_path.stat().st_size if log_path.exists() else 0
+            failpoint("start.launch_recording")
+            self.launches.launching(job.job_id, name, self.runner)
+            failpoint("start.launch_recorded")
             with log_path.open("ab") as log:
-                process = await start_operator_process(
+                process = start_operator_process(
                     argv,
                     cwd=self._command_dir,
                     env=env,
                     log=log,
                     sandboxed=self.runner == "sandbox",
                 )
+            failpoint("start.spawned")
             _log.info(
                 "job %s: launched %s (%s runner, pid %d): %s",
                 job.job_id,
-                operator.name,
+                name,
                 self.runner,
                 process.pid,
                 shlex.join(argv),
             )
-            task = asyncio.create_task(
-                self._supervise(
-                    job,
-                    job.stage(operator.name),
-                    _Launched(process, log_path, log_offset, plan),
-                    layout.outbox_dir(operator.name),
-                ),
-                name=f"supervise-{operator.name}",
+            # Supervised first: should recording it fail, the job's failure still stops it.
+            tasks.append(
+                self._watch(
+                    Supervised.of(job, operator, layout, process, log_offset, limits=plan.limits)
+                )
             )
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-            tasks.append(task)
+            self.launches.launched(job.job_id, name, self.runner, identity_of(process.pid))
+            failpoint("start.pid_recorded")
 
-    def _plan(self, job: Job, operator: OperatorSpec, layout: JobLayout) -> _LaunchPlan:
+    def _watch(self, target: Supervised) -> asyncio.Task[None]:
+        """Supervise ``target`` in a task of its own (see :mod:`server_mock._supervisor`)."""
+
+        async def run() -> None:
+            code = await supervise(target, self._timeouts, released=lambda: self._released)
+            if code is not None:
+                self.exit_codes[(str(target.job.job_id), target.stage.spec.name)] = code
+
+        task = asyncio.create_task(run(), name=f"supervise-{target.stage.spec.name}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _plan(
+        self, job: Job, operator: OperatorSpec, definition: PipelineDefinition, layout: JobLayout
+    ) -> _LaunchPlan:
         """Settle the operator's argv and limits; refuse what cannot run, before any start."""
         command, from_definition = self._command(operator)
         rootfs = self.image_root_of(operator)
         if self.runner == "process" and not self._allow_definition_commands:
             if from_definition:
                 check_definition_command(
-                    operator.name, operator.container.command, self._command_dir, _PYTHON_NAMES
+                    operator.name, operator.container.command, self._command_dir, PYTHON_NAMES
                 )
             check_definition_variables(operator.name, job.stage(operator.name).spec.variables)
         limits = parse_requests(operator)
         prefix = self._resources.prefix(limits)
-        gpus = self._resources.gpu_devices(limits)
+        reserved = job.stage(operator.name).spec.gpus  # the platform's capacity chose them
+        gpus = list(reserved) if reserved is not None else self._resources.gpu_devices(limits)
         if limits.gpus > len(gpus):
             _log.warning(
                 "job %s: %s requests %d GPU(s); %d available here: %s",
@@ -497,14 +554,16 @@ class LocalProcessLauncher:
         if self.runner == "process":
             return _LaunchPlan([*prefix, *command], limits, gpus, None, len(command))
         stage = job.stage(operator.name).spec
+        # The host's folders (the stage's own paths are the declared ones once it ran here).
+        host = stage_spec_for(operator, definition, layout)
         mounts = (
             [
                 StageMount(Path(ref.path), declared.path, writable=False)
-                for ref, declared in zip(stage.inputs, operator.inputs, strict=True)
+                for ref, declared in zip(host.inputs, operator.inputs, strict=True)
             ]
             + [
                 StageMount(Path(ref.path), declared.path, writable=True)
-                for ref, declared in zip(stage.outputs, operator.outputs, strict=True)
+                for ref, declared in zip(host.outputs, operator.outputs, strict=True)
             ]
             + [
                 StageMount(Path(folder), f"{SANDBOX_MODELS_DIR}/{name}", writable=False)
@@ -567,91 +626,24 @@ class LocalProcessLauncher:
         return not pending
 
     async def stop_all(self) -> None:
-        """Stop supervising (the supervisors kill their processes on the way out) and services."""
+        """Stop supervising (the supervisors kill their processes on the way out)."""
+        await self._cancel_supervisors()
+
+    async def release_all(self) -> None:
+        """Stop supervising and leave every process running, for a restart to adopt.
+
+        ``serve --state`` stopping: the launch records name the processes, and their drivers
+        reconnect to the restarted platform.
+        """
+        self._released = True
+        await self._cancel_supervisors()
+
+    async def _cancel_supervisors(self) -> None:
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await self._services.stop_all()  # also those whose stopper was cancelled before it ran
-
-    async def _supervise(
-        self, job: Job, stage: Stage, launched: _Launched, outbox_dir: Path
-    ) -> None:
-        process, log_path, plan = launched.process, launched.log_path, launched.plan
-        loop = asyncio.get_running_loop()
-        name = stage.spec.name
-        exited = asyncio.ensure_future(process.wait())
-        # Deadlines on the loop's clock: when the running stage times out (armed once, when
-        # its inputs become ready) and when the process must be gone (armed once it ended).
-        timeout_at: float | None = None
-        stop_at: float | None = None
-        signals_sent = 0
-        try:
-            while not exited.done():
-                changed = stage.changed()
-                now = loop.time()
-                if stage.state is StageState.READY and timeout_at is None:
-                    timeout_at = now + stage.spec.timeout.total_seconds()
-                    timeout_at += self._timeouts.timeout_grace
-                if stage.state.terminal and stop_at is None:
-                    stop_at = now + self._timeouts.exit_grace
-                if stage.state is StageState.READY and timeout_at is not None and now >= timeout_at:
-                    job.fail_stage(
-                        name,
-                        StageState.TIMED_OUT,
-                        f"ran past its timeout of {stage.spec.timeout}; process stopped",
-                    )
-                    _log.warning("job %s: %s timed out; stopping it", job.job_id, name)
-                    stop_at = now
-                if stop_at is not None and now >= stop_at:
-                    signals_sent += 1
-                    if signals_sent == 1:
-                        process.terminate()
-                    else:
-                        process.kill()
-                    stop_at = now + self._timeouts.kill_grace
-                pending = [t for t in (timeout_at, stop_at) if t is not None and t > now]
-                deadline = min(pending, default=now + 3600)
-                waiter = asyncio.ensure_future(changed.wait())
-                await asyncio.wait(
-                    {exited, waiter}, timeout=deadline - now, return_when=asyncio.FIRST_COMPLETED
-                )
-                waiter.cancel()
-        except asyncio.CancelledError:
-            process.kill()
-            with contextlib.suppress(asyncio.CancelledError, ProcessLookupError, TimeoutError):
-                await asyncio.wait_for(asyncio.shield(exited), 10)
-            raise
-        finally:
-            process.end_leftovers()  # no process the operator started outlives it
-        code = exited.result()
-        self.exit_codes[(str(job.job_id), name)] = code
-        _log.info("job %s: %s exited with code %d", job.job_id, name, code)
-        exhausted = None
-        if plan.limits.memory_bytes is not None and code != 0:
-            exhausted = memory_exhaustion(
-                log_path, launched.log_offset, -code if code < 0 else None
-            )
-        memory = (
-            f"; it ran out of memory ({exhausted}): requests.memory limits it to "
-            f"{plan.limits.describe_memory()} of data memory (RLIMIT_DATA)"
-            if exhausted
-            else ""
-        )
-        # An outcome the driver wrote to its outbox but could not report over gRPC.
-        outbox = apply_outbox(job, name, outbox_dir) if not stage.state.terminal else None
-        if outbox is not None and not outbox.applied:
-            reason = f"signal {-code}" if code < 0 else f"code {code}"
-            job.fail_stage(
-                name,
-                StageState.FAILED,
-                f"operator process exited with {reason} before reporting an outcome"
-                f"{memory}{outbox.note} (see {log_path})",
-            )
-        elif memory:
-            _log.warning("job %s: %s%s", job.job_id, name, memory)
-            with contextlib.suppress(OSError), log_path.open("a", encoding="utf-8") as log:
-                log.write(f"clara-mock: operator {name}{memory}\n")
 
 
 def _declare_stage_paths(stage: Stage, operator: OperatorSpec) -> None:

@@ -41,14 +41,14 @@ import logging
 import shlex
 import shutil
 import socket
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from server_mock._command_policy import check_definition_command, check_definition_variables
+from server_mock._container_commands import PYTHON_NAMES, ContainerCommands
 from server_mock._definition import (
-    ContainerSpec,
     OperatorSpec,
     PipelineDefinition,
     ServiceSpec,
@@ -95,18 +95,13 @@ class ServiceRunner:
         command_dir: The working folder of commands (``--operators-dir``).
         sandbox: The sandbox settings; ``None`` for the process runner.
         allow_definition_commands: Let the process runner run any command a definition gives.
-        command_of: A container's argv (empty: none) from the operator map or its
-            ``command``, and whether it comes from the definition.
-        image_root_of: The unpacked image root a container runs in, if any.
-        python_names: Program names that mean the mock's interpreter.
+        commands: Each container's command (the operator map first) and image root.
     """
 
     command_dir: Path
     sandbox: SandboxSettings | None
     allow_definition_commands: bool
-    command_of: Callable[[ContainerSpec], tuple[list[str], bool]]
-    image_root_of: Callable[[ContainerSpec], Path | None]
-    python_names: frozenset[str]
+    commands: ContainerCommands
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,7 +243,7 @@ class ServiceLauncher:
                 "with network isolation every operator has a network of its own and cannot "
                 "reach a service's port",
             )
-        command, from_definition = runner.command_of(container)
+        command, from_definition = runner.commands.command_of(container)
         if not command:
             raise _refusal(
                 where, service, "the image is not mapped and its container has no command"
@@ -257,12 +252,12 @@ class ServiceLauncher:
             try:
                 if from_definition:
                     check_definition_command(
-                        operator, container.command, runner.command_dir, runner.python_names
+                        operator, container.command, runner.command_dir, PYTHON_NAMES
                     )
                 check_definition_variables(operator, service.variables)
             except ValueError as error:
                 raise _refusal(where, service, str(error)) from None
-        rootfs = runner.image_root_of(container)
+        rootfs = runner.commands.image_root_of(container)
         if runner.sandbox is None:
             argv = _ended_with_the_mock(command)
         else:
@@ -337,7 +332,7 @@ class ServiceLauncher:
         try:
             log_path.parent.mkdir(parents=True, exist_ok=True)
             with log_path.open("ab") as log:
-                process = await start_operator_process(
+                process = start_operator_process(
                     argv, cwd=self._runner.command_dir, env=env, log=log, sandboxed=plan.sandboxed
                 )
         except OSError as error:
@@ -402,6 +397,8 @@ class ServiceLauncher:
 
     async def stop(self, service: _Running) -> None:
         """SIGTERM the service, SIGKILL it after the grace (or at once if cancelled meanwhile)."""
+        if service not in self._running:
+            return  # stopped already (the job's stopper and the server's shutdown both stop)
         try:
             if not service.exited.done():
                 service.process.terminate()
@@ -423,6 +420,7 @@ class ServiceLauncher:
             service.process.end_leftovers()
             self._ports_held.difference_update(service.ports.values())
             self._running.discard(service)
+            await _unwatch(service)
         if service.exited.done():
             _log.info("service %s stopped (code %d)", service.name, service.exited.result())
         else:
@@ -524,6 +522,15 @@ def _ended_with_the_mock(command: list[str]) -> list[str]:
     """
     setpriv = shutil.which("setpriv")
     return [setpriv, "--pdeathsig", "KILL", "--", *command] if setpriv else command
+
+
+async def _unwatch(service: _Running) -> None:
+    """Stop waiting for the service's exit, then close its pidfd (unwatched before closed)."""
+    if not service.exited.done():
+        service.exited.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await service.exited
+    service.process.close()
 
 
 async def _accepts(port: int) -> bool:

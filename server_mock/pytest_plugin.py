@@ -433,18 +433,12 @@ def run_pipeline(
         if output_dir is None
         else Path(output_dir)
     )
-    holder: list[MockPlatform] = []  # the platform is created after its launcher
-
-    def stage_token(job_id: uuid.UUID, stage: str) -> str:
-        return holder[0].stage_tokens.issue(job_id, stage)
-
     launcher = LocalProcessLauncher(
-        lambda: holder[0].address,
+        None,  # attached below, once the platform it launches for exists
         pipeline_path.resolve().parent,
         operator_map=operator_map,
         timeouts=runner_timeouts,
         extra_env=extra_env,
-        stage_token=stage_token,
     )
     with contextlib.ExitStack() as stack:
         root = (
@@ -453,7 +447,7 @@ def run_pipeline(
             else Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="clara-pipeline-")))
         )
         platform = MockPlatform(workspace=root, launcher=launcher, require_stage_tokens=True)
-        holder.append(platform)
+        launcher.attach(lambda: platform.address, platform.stage_tokens.issue)
         platform.start()
         stack.callback(platform.stop)
         stack.callback(lambda: platform.call_async(launcher.stop_all, timeout=_SHUTDOWN_WAIT))

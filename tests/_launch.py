@@ -171,23 +171,17 @@ def platform(
     (folder / "op.py").write_text(DRIVER_OPERATOR)
     for name, text in (operators or {}).items():
         (folder / name).write_text(text)
-    holder: list[MockPlatform] = []
     launcher_args.setdefault(
         "timeouts", RunnerTimeouts(timeout_grace=1, exit_grace=5, kill_grace=2)
     )
-    launcher = LocalProcessLauncher(
-        lambda: holder[0].address,
-        folder,
-        stage_token=lambda job, stage: holder[0].stage_tokens.issue(job, stage),  # noqa: PLW0108
-        **launcher_args,
-    )
+    launcher = LocalProcessLauncher(None, folder, **launcher_args)
     mock = MockPlatform(
         workspace=tmp_path / "workspace",
         launcher=launcher,
         require_stage_tokens=True,
         **(platform_args or {}),
     )
-    holder.append(mock)
+    launcher.attach(lambda: mock.address, mock.stage_tokens.issue)
     mock.start()
     try:
         yield Platform(mock, launcher, tmp_path, credentials)

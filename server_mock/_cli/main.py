@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TextIO
 
 from server_mock._cli.admin import add_admin_commands
+from server_mock._cli.capacity_flags import add_capacity_flags
 from server_mock._cli.common import EXIT_JOB_FAILED, EXIT_USAGE, UsageError
 from server_mock._cli.connection import run_client
 from server_mock._cli.runner_flags import RunnerUsageError, add_runner_flags
@@ -128,6 +129,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def _add_runner_arguments(parser: argparse.ArgumentParser, command_dir_help: str | None) -> None:
+    add_capacity_flags(parser)
     parser.add_argument(
         "--workspace", type=Path, help="folder for payloads and job data (default: temporary)"
     )

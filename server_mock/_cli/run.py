@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
+from server_mock._capacity import CapacityExceededError, JobDemand
+from server_mock._cli.capacity_flags import capacity_from_args
 from server_mock._cli.common import EXIT_JOB_FAILED, EXIT_OK, UsageError
 from server_mock._cli.operator_logs import LogFollower, keep_logs
 from server_mock._cli.preflight import check_operator_commands, check_output_folder
@@ -78,6 +80,11 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
         Interrupted: SIGINT or SIGTERM arrived before the job existed.
     """
     checked = _check(args)
+    capacity = capacity_from_args(args)
+    try:
+        JobDemand.of(checked.definition).check(capacity)
+    except CapacityExceededError as error:
+        raise UsageError(f"PIPELINE {checked.pipeline}: it can never run here: {error}") from None
     launcher = launcher_from_args(args, checked.command_dir)
     check_operator_commands(checked.definition, launcher, checked.command_dir)
     with (
@@ -85,7 +92,9 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
         tempfile.TemporaryDirectory(prefix="clara-run-") as temp,
     ):
         workspace = args.workspace or Path(temp)
-        platform = MockPlatform(workspace=workspace, launcher=launcher, require_stage_tokens=True)
+        platform = MockPlatform(
+            workspace=workspace, launcher=launcher, require_stage_tokens=True, capacity=capacity
+        )
         launcher.attach(lambda: platform.address, platform.stage_tokens.issue)
         try:
             platform.start()

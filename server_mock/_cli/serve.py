@@ -5,12 +5,22 @@ commands connect by default), else on ``127.0.0.1:50051``. A port another proces
 is refused with one line naming it: gRPC's ``SO_REUSEPORT`` is off (see
 :mod:`server_mock._platform`), and the port is tried first with a plain socket, whose error is
 clearer than gRPC's.
+
+Stopping it (SIGTERM, the documented way, or SIGINT) never throws work away:
+
+* with ``--state`` it stops serving and leaves its operators running: their launch records
+  are in the state file, and the next ``serve --state`` adopts them (see
+  :meth:`~server_mock._runner.LocalProcessLauncher.resume`); their drivers reconnect to it.
+* without (in memory, where nothing would survive) it cancels every running job first, so
+  each driver hears the cancel, runs its cleanup and reports; it waits up to
+  :data:`STOP_GRACE` seconds for the operators to exit, kills those still running, and exits.
 """
 
 from __future__ import annotations
 
 import argparse
 import errno
+import logging
 import os
 import signal
 import socket
@@ -18,17 +28,23 @@ import sys
 import threading
 from typing import TextIO
 
+from server_mock._cli.capacity_flags import capacity_from_args
 from server_mock._cli.common import EXIT_OK, UsageError, is_loopback
 from server_mock._cli.connection import ADDRESS_VARIABLE
 from server_mock._cli.runner_args import launcher_from_args
 from server_mock._cli.tls_args import TlsUsageError, operator_address, serve_tls_from_args
+from server_mock._jobs import JobState
 from server_mock._platform import MockPlatform
+from server_mock._runner import LocalProcessLauncher
 
 __all__ = ["serve"]
+
+_log = logging.getLogger("server_mock.serve")
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 50051
 SHUTDOWN_WAIT = 60.0
+STOP_GRACE = 15.0  # the platform's grace period for an operator whose termination started
 
 
 def _listen_address(args: argparse.Namespace) -> tuple[str, int]:
@@ -105,6 +121,7 @@ def serve(args: argparse.Namespace, out: TextIO) -> int:
         args, operators_dir, extra_env=tls.operator_env if tls is not None else None
     )
     _check_port_free(host, port)
+    capacity = capacity_from_args(args)
     platform = MockPlatform(
         host,
         port,
@@ -113,11 +130,18 @@ def serve(args: argparse.Namespace, out: TextIO) -> int:
         launcher=launcher,
         tls=tls.server if tls is not None else None,
         require_stage_tokens=True,
+        capacity=capacity,
     )
-    launcher.attach(lambda: operator_address(platform.address), platform.stage_tokens.issue)
+    launcher.attach(
+        lambda: operator_address(platform.address),
+        platform.stage_tokens.issue,
+        platform.state.launches,
+    )
     stopped = threading.Event()
+    received: list[int] = []
 
     def request_stop(signum: int, frame: object) -> None:
+        received.append(signum)
         stopped.set()
 
     previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -127,9 +151,20 @@ def serve(args: argparse.Namespace, out: TextIO) -> int:
         except RuntimeError as error:  # the bind failed after all (e.g. a race for the port)
             raise UsageError(f"port {port} on {host}: {error}") from None
         print(f"clara-mock listening on {address}", file=out, flush=True)
+        _log.info("capacity: %s (--cpus, --memory, --gpus)", capacity.describe())
         while not stopped.wait(3600):
             pass
-        print("clara-mock stopping", file=out, flush=True)
+        name = signal.Signals(received[0]).name
+        print(f"clara-mock stopping ({name})", file=out, flush=True)
+        if args.state is not None:
+            platform.call_async(launcher.release_all, timeout=SHUTDOWN_WAIT)
+            print(
+                "clara-mock: operators left running; the next `serve --state` adopts them",
+                file=out,
+                flush=True,
+            )
+        else:
+            _cancel_running_jobs(platform, launcher, f"the platform stopped ({name})", out)
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
@@ -137,3 +172,24 @@ def serve(args: argparse.Namespace, out: TextIO) -> int:
             platform.call_async(launcher.stop_all, timeout=SHUTDOWN_WAIT)
         platform.stop()
     return EXIT_OK
+
+
+def _cancel_running_jobs(
+    platform: MockPlatform, launcher: LocalProcessLauncher, reason: str, out: TextIO
+) -> None:
+    """Cancel every running job; give its operators :data:`STOP_GRACE` s to exit, then kill."""
+
+    def cancel() -> int:
+        running = [job for job in platform.jobs.all() if job.state is JobState.RUNNING]
+        return sum(job.cancel(reason) for job in running)
+
+    cancelled = platform.call(cancel)
+    if not cancelled:
+        return
+    print(f"clara-mock: cancelled {cancelled} running job(s)", file=out, flush=True)
+    if not platform.call_async(lambda: launcher.wait_idle(STOP_GRACE), STOP_GRACE + 5):
+        print(
+            f"clara-mock: operators still running {STOP_GRACE:g} s after the cancel: killing them",
+            file=out,
+            flush=True,
+        )

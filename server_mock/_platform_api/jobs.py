@@ -178,7 +178,8 @@ class JobsService(jobs_pb2_grpc.JobsServicer):
         """Copy the input payloads into the job's input folder and launch its operators."""
         job_id = _parse_job_id(request.job_id)
         job = await self._state.start_job(job_id, _variables(request))
-        _log.info("job %s started", job_id.hex)
+        waiting = self._state.waiting_messages(job_id)
+        _log.info("job %s %s", job_id.hex, waiting[0] if waiting else "started")
         return jobs_pb2.JobsStartResponse(
             header=ok(),
             priority=_priority(self._state.job_records.get(job_id)),
@@ -225,7 +226,7 @@ class JobsService(jobs_pb2_grpc.JobsServicer):
             operator_details=operators,
             metadata=record.metadata if record else {},
             dag=dag,
-            messages=job_messages(job),
+            messages=[*job_messages(job), *self._state.waiting_messages(job.job_id)],
             timestamp_created=timestamp_text(job.created_at),
             timestamp_started=timestamp_text(job.started_at),
             timestamp_stopped=timestamp_text(job.ended_at),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections.abc import AsyncIterator
@@ -46,6 +47,36 @@ def _reusable(record: PayloadRecord) -> str:
             "metadata",
         )
     return owner
+
+
+async def _client_finished(context: Context) -> bool:
+    """Whether the client ended its request stream itself (rather than going away).
+
+    gRPC ends the request iterator alike when the client half-closes its stream and when the
+    call is cancelled or its connection lost, and the cancellation may reach the handler only
+    later. By then the call is closed in gRPC's core, so any operation on it fails: sending
+    the (empty) initial metadata tells the two apart before anything is committed.
+    """
+    try:
+        await context.send_initial_metadata(())
+    except Exception:  # grpc.aio's internal ExecuteBatchError: the call is over
+        return False
+    return True
+
+
+def _end(upload: FileUpload, ended: str) -> None:
+    """Drop ``upload``'s temporary file; log it when the upload ended without its file."""
+    removed = upload.abort()
+    if ended:
+        _log.info(
+            "Payloads.Upload of %s into payload %s ended without storing it (%s, after %d "
+            "bytes); %s",
+            show(upload.name),
+            upload.record.payload_id.hex,
+            ended,
+            upload.size,
+            f"removed its temporary file {upload.temp_path}" if removed else "no temporary file",
+        )
 
 
 class PayloadsService(payloads_pb2_grpc.PayloadsServicer):
@@ -112,8 +143,13 @@ class PayloadsService(payloads_pb2_grpc.PayloadsServicer):
 
         Every chunk names the payload and the file (the published client repeats them, and
         sends each chunk's own length as ``details.size``, which is therefore not checked).
+        An upload that ends without its file (refused, cancelled, its connection lost, the
+        server stopping) removes its temporary file before the call ends, and says so in the
+        log.
         """
         upload: FileUpload | None = None
+        ended = "it failed unexpectedly"
+        first = False
         try:
             payload_id: uuid.UUID | None = None
             async for request in request_iterator:
@@ -122,6 +158,7 @@ class PayloadsService(payloads_pb2_grpc.PayloadsServicer):
                     record = self._state.payloads.get(payload_id)
                     self._state.check_payload_writable(record)
                     upload = self._state.payloads.begin_upload(record, request.details.name)
+                    first = True
                 else:
                     self._check_same_file(upload, payload_id, request)
                 if upload.size + len(request.data) > self._max_upload_bytes:
@@ -131,6 +168,16 @@ class PayloadsService(payloads_pb2_grpc.PayloadsServicer):
                         f"{self._max_upload_bytes} bytes",
                     )
                 upload.write(request.data)
+                if first:
+                    first = False
+                    _log.info(
+                        "Payloads.Upload: receiving %s of payload %s into %s (first chunk, %d "
+                        "bytes, written)",
+                        show(upload.name),
+                        upload.record.payload_id.hex,
+                        upload.temp_path,
+                        upload.size,
+                    )
             if upload is None or payload_id is None:
                 # The published client sends no message at all for an empty file: accept the
                 # stream (nothing names a payload or a file, so nothing is stored) and warn.
@@ -139,19 +186,30 @@ class PayloadsService(payloads_pb2_grpc.PayloadsServicer):
                     "stored (an empty file is uploaded as one message without data)"
                 )
                 return payloads_pb2.PayloadsUploadResponse(header=ok())
+            if not await _client_finished(context):
+                ended = "the client went away before the end of its stream"
+                return payloads_pb2.PayloadsUploadResponse(header=ok())  # nobody reads it
             # The payload may have been deleted, or its job started, while the chunks came in.
             if self._state.payloads.get(payload_id) is not upload.record:
                 raise ApiError(ErrorCode.PAYLOAD_NOT_FOUND, f"payload {payload_id.hex} not found")
             self._state.check_payload_writable(upload.record)
             info = upload.commit()
+            ended = ""
+        except asyncio.CancelledError:
+            ended = "cancelled: by the client, a lost connection or the server stopping"
+            raise
+        except ApiError as error:
+            ended = f"refused: {error}"
+            raise
         except OSError as error:  # e.g. the disk is full
+            ended = f"failed: {error}"
             _log.exception("Payloads.Upload failed")
             raise ApiError(
                 ErrorCode.INTERNAL, f"the mock could not store the file: {error}"
             ) from error
         finally:
             if upload is not None:
-                upload.abort()
+                _end(upload, ended)
         return payloads_pb2.PayloadsUploadResponse(header=ok(), details=_file_details(info))
 
     @staticmethod

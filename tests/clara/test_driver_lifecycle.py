@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import uuid
 from collections.abc import Callable
+from concurrent import futures
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any
@@ -13,6 +14,7 @@ import grpc
 import pytest
 
 import clara
+import clara._driver
 from clara.stage_api import stage_service_pb2 as pb
 from clara.stage_api import stage_service_pb2_grpc as pb_grpc
 from server_mock import InputRef, JobState, MockPlatform, OutputRef, StageSpec, StageState
@@ -463,6 +465,51 @@ def test_cancel_during_execute_interrupts_the_wait_and_cleans_up(
         assert "only.cleanup" in recorder.calls
     finally:
         release.set()
+
+
+def test_execute_that_gives_up_on_a_cancel_is_cancelled_however_late_the_driver_looks(
+    clara_platform: MockPlatform,
+    recorder: Recorder,
+    drivers: list[clara.Driver[Any]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Returning False because ``cancel_requested`` is the binding's way to stop early.
+
+    The life-cycle thread is made to wake up only after execute has returned (what a loaded
+    machine does at random): the stage is still CANCELLED, not FAILED.
+    """
+    job_id = clara_platform.create_job([StageSpec("only")])
+    started = threading.Event()
+    cancel_sent = threading.Event()
+    returned = threading.Event()
+    original = clara._driver.wait_for_any
+
+    def late_wait_for_any(waited: list[Any], timeout: float | None) -> bool:
+        done = original(waited, timeout)
+        if cancel_sent.is_set() and returned.wait(WAIT):
+            futures.wait(waited, WAIT)  # every one of them is done by now
+        return done
+
+    monkeypatch.setattr(clara._driver, "wait_for_any", late_wait_for_any)
+
+    def execute(driver: clara.Driver[Any], payload: clara.Payload) -> bool:
+        started.set()
+        while not driver.cancel_requested:
+            cancel_sent.wait(0.01)
+        returned.set()
+        return False
+
+    driver = make_driver(clara_platform, job_id, "only", recorder, execute=execute)
+    drivers.append(driver)
+    driver.start()
+    assert started.wait(WAIT)
+    cancel_sent.set()
+    clara_platform.cancel_job(job_id, "stop now")
+    result = driver.wait_for_completion(WAIT)
+    assert result.outcome is clara.StageOutcome.CANCELLED, result.message
+    assert "stop now" in result.message
+    assert "only.cleanup" in recorder.calls
+    assert clara_platform.job(job_id).stages["only"].state is StageState.CANCELLED
 
 
 def test_execute_past_the_stage_timeout_times_out(

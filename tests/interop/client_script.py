@@ -142,6 +142,19 @@ def main(address: str, workdir: Path) -> dict[str, Any]:
         lambda: payloads.upload(payload.payload_id, "../escape.txt", file_path=str(round_trip))
     )
     result["payload_add_metadata"] = dict(payloads.add_metadata(payload.payload_id, {"x": "y"}))
+    # The docs' lenient names, in a payload of their own (the job's input stays flat): a
+    # leading '/' is ignored, and a download finds a file whatever the case of its name.
+    names = payloads.create_payload()
+    slashed = payloads.upload(
+        names.payload_id, "/Docs/Notes.txt", file_path=str(workdir / "inputs" / "notes.txt")
+    )
+    folded = workdir / "folded.txt"
+    found = payloads.download_from(names.payload_id, "docs/NOTES.TXT", dest_path=str(folded))
+    result["lenient_names"] = {
+        "uploaded": slashed.name,
+        "listed": [f.name for f in payloads.get_details(names.payload_id).file_details],
+        "downloaded": [found.name, folded.read_text()],
+    }
 
     # The first job: created, started, then run by the test's drivers.
     job = jobs.create_job(

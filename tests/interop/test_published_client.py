@@ -248,6 +248,11 @@ def _check(result: dict[str, Any], started: dict[str, Any], workdir: Path) -> No
     assert result["round_trip_matches"] is True
     assert "invalid blob name '../escape.txt'" in result["escape_error"]
     assert result["payload_add_metadata"] == {"kind": "inputs", "x": "y"}
+    assert result["lenient_names"] == {
+        "uploaded": "Docs/Notes.txt",
+        "listed": ["Docs/Notes.txt"],
+        "downloaded": ["Docs/Notes.txt", "hello clara\n"],
+    }
 
     assert result["pending"] == {"state": 1, "status": 1}  # PENDING, HEALTHY
     assert result["started"] == {"state": 2, "status": 1}  # RUNNING, HEALTHY

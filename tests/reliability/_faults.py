@@ -98,29 +98,99 @@ class _LineReader:
     def join(self, timeout: float) -> None:
         self._thread.join(timeout)
 
+    def rest(self) -> list[str]:
+        """Every line not read yet (call after the stream ended)."""
+        rest: list[str] = []
+        while True:
+            try:
+                line = self.lines.get_nowait()
+            except queue.Empty:
+                return rest
+            if line is not None:
+                rest.append(line)
+
+
+class _LogTee:
+    """Copies a process's stderr into its log file; tests wait for a line to appear."""
+
+    def __init__(self, stream: IO[str], path: Path) -> None:
+        self._cond = threading.Condition()
+        self._lines: list[str] = []
+        self._ended = False
+        self._thread = threading.Thread(
+            target=self._pump, args=(stream, path), name="serve-stderr", daemon=True
+        )
+        self._thread.start()
+
+    def _pump(self, stream: IO[str], path: Path) -> None:
+        with contextlib.suppress(ValueError, OSError), path.open("w") as log:
+            for line in stream:
+                log.write(line)
+                log.flush()
+                with self._cond:
+                    self._lines.append(line.rstrip("\n"))
+                    self._cond.notify_all()
+        with self._cond:
+            self._ended = True
+            self._cond.notify_all()
+
+    def wait_for(self, text: str, timeout: float) -> str:
+        """The first line containing ``text`` (logged already or still to come)."""
+
+        def found() -> str | None:
+            return next((line for line in self._lines if text in line), None)
+
+        with self._cond:
+            self._cond.wait_for(lambda: found() is not None or self._ended, timeout)
+            line = found()
+            if line is None:
+                state = "ended" if self._ended else f"no such line in {timeout} s"
+                raise TimeoutError(f"log {state} without {text!r}: {self._lines[-20:]}")
+            return line
+
+    def join(self, timeout: float) -> None:
+        self._thread.join(timeout)
+
 
 class ServerProcess:
     """``clara-mock serve`` with a state file, in its own process.
 
     The first :meth:`start` binds an ephemeral port; later starts reuse it, so drivers that
-    were given the address find the restarted server there.
+    were given the address find the restarted server there. ``operators_dir`` may be changed
+    between starts (a restart with another configuration). Its stderr goes to
+    :attr:`log_path`; :meth:`wait_log` waits for a line of the current run.
     """
 
-    def __init__(self, state: Path, log_dir: Path, operators_dir: Path = OPERATORS) -> None:
+    def __init__(
+        self,
+        state: Path | None,
+        log_dir: Path,
+        operators_dir: Path = OPERATORS,
+        *,
+        runner: str = "process",
+    ) -> None:
         self.state = state
         self.port = 0
         self.address = ""
-        self._operators_dir = operators_dir
+        self.operators_dir = operators_dir
         self._log_dir = log_dir
+        self._runner = runner
         self._starts = 0
         self.process: subprocess.Popen[str] | None = None
         self._reader: _LineReader | None = None
+        self._log: _LogTee | None = None
 
-    def start(self) -> str:
-        """Start the server and return its address once it listens."""
+    @property
+    def log_path(self) -> Path:
+        """The stderr log of the latest start."""
+        return self._log_dir / f"serve-{self._starts}.log"
+
+    def start(self, env: dict[str, str] | None = None) -> str:
+        """Start the server (with ``env`` added to its environment); return its address."""
         assert self.process is None, "already running"
         self._starts += 1
-        log = (self._log_dir / f"serve-{self._starts}.log").open("w")
+        log = self.log_path
+        state = [] if self.state is None else ["--state", str(self.state)]
         argv = [
             sys.executable,
             "-m",
@@ -129,26 +199,30 @@ class ServerProcess:
             "serve",
             "--port",
             str(self.port),
-            "--state",
-            str(self.state),
+            *state,
             "--operators-dir",
-            str(self._operators_dir),
-            # Plain processes: the tests signal operators by the pid they report, and a
-            # sandboxed operator only knows its pid inside its own PID namespace.
+            str(self.operators_dir),
+            # Plain processes (by default): the tests signal operators by the pid they
+            # report, and a sandboxed operator only knows its pid inside its own PID namespace.
             "--runner",
-            "process",
+            self._runner,
         ]
-        with log:
-            self.process = subprocess.Popen(
-                argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=log, text=True
-            )
-        assert self.process.stdout is not None
+        self.process = subprocess.Popen(
+            argv,
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, **(env or {})},
+        )
+        assert self.process.stdout is not None and self.process.stderr is not None
         self._reader = _LineReader(self.process.stdout, "serve-stdout")
+        self._log = _LogTee(self.process.stderr, log)
         line = self._reader.next_line(WAIT)
         prefix = "clara-mock listening on "
         if line is None or not line.startswith(prefix):
             self.kill()
-            raise RuntimeError(f"serve did not start: {line!r}; see {log.name}")
+            raise RuntimeError(f"serve did not start: {line!r}; see {log}")
         self.address = line.removeprefix(prefix)
         self.port = int(self.address.rsplit(":", 1)[1])
         return self.address
@@ -176,11 +250,37 @@ class ServerProcess:
         self._close(process)
         return code
 
+    def wait_log(self, text: str, timeout: float = WAIT) -> str:
+        """The first line of the running server's log containing ``text`` (or to come)."""
+        assert self._log is not None, "not started"
+        return self._log.wait_for(text, timeout)
+
+    def wait_exit(self, timeout: float = WAIT) -> int:
+        """Wait for the server to end by itself (a failpoint killed it); its exit code."""
+        process, self.process = self.process, None
+        assert process is not None, "not running"
+        try:
+            code = process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(WAIT)
+            raise
+        finally:
+            self._close(process)
+        return code
+
+    def output(self) -> list[str]:
+        """The lines the server wrote to stdout after "listening" (once it ended)."""
+        return [] if self._reader is None else self._reader.rest()
+
     def _close(self, process: subprocess.Popen[str]) -> None:
         if self._reader is not None:
             self._reader.join(WAIT)
-        if process.stdout is not None:
-            process.stdout.close()
+        if self._log is not None:
+            self._log.join(WAIT)
+        for stream in (process.stdout, process.stderr):
+            if stream is not None:
+                stream.close()
 
 
 class OperatorProcess:
@@ -297,6 +397,13 @@ class ControlServer:
         with self._cond:
             if not self._cond.wait_for(lambda: seen() >= count, timeout):
                 raise TimeoutError(f"{event!r} from {stage} not {count} times: {self.messages}")
+
+    def wait_beyond(self, seen: int, timeout: float = WAIT) -> int:
+        """Wait until more than ``seen`` messages arrived (from any stage); return the count."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: len(self.messages) > seen, timeout):
+                raise TimeoutError(f"no message beyond {seen} in {timeout} s: {self.messages}")
+            return len(self.messages)
 
     def events(self, stage: str) -> list[str]:
         with self._cond:

@@ -17,7 +17,7 @@ import grpc
 import pytest
 from _faults import ROOT, WAIT, ControlServer, ServerProcess, pipeline_yaml
 
-from server_mock import MockPlatform, StageSpec
+from server_mock import JobState, MockPlatform, StageSpec
 from server_mock._client import PlatformApiError, PlatformClient
 from server_mock._errors import ErrorCode
 from server_mock._models import CatalogKind
@@ -332,20 +332,47 @@ def test_a_version_1_state_file_is_migrated(tmp_path: Path) -> None:
     state = tmp_path / "state.db"
     with MockPlatform(state_path=state) as platform:
         kept = platform.create_job([StageSpec("only")], name="from-v1")
-    # What version 1 wrote: the same tables, without the model repository's.
+    # What version 1 wrote: the same tables, without the model repository's and launches.
     with sqlite3.connect(state) as db:
         db.execute("DROP TABLE models")
         db.execute("DROP TABLE model_catalogs")
+        db.execute("DROP TABLE launches")
         db.execute("UPDATE meta SET value = '1' WHERE key = 'schema'")
     with MockPlatform(state_path=state) as platform:
         assert platform.job(kept).name == "from-v1"
         assert platform.call(platform.state.models.all) == []
         catalog = platform.call(lambda: platform.state.models.create_catalog(CatalogKind.CATALOG))
     with sqlite3.connect(state) as db:
-        assert db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone() == ("2",)
+        assert db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone() == ("3",)
         assert db.execute("SELECT catalog_id FROM model_catalogs").fetchall() == [
             (catalog.catalog_id.hex,)
         ]
+
+
+def test_a_version_2_state_file_is_migrated_and_its_running_stages_count_as_launched(
+    tmp_path: Path,
+) -> None:
+    state = tmp_path / "state.db"
+    definition = "api-version: 0.4.0\nname: p\noperators:\n- name: a\n  container: {image: x}\n"
+    with MockPlatform(state_path=state) as platform:
+        pipeline = platform.create_pipeline(definition)
+        running = platform.create_pipeline_job(pipeline, "running")
+        platform.start_job(running.job_id)  # the in-process launcher: the job runs
+        created = platform.create_pipeline_job(pipeline, "created")
+    # What version 2 wrote: every table but launches.
+    with sqlite3.connect(state) as db:
+        db.execute("DROP TABLE launches")
+        db.execute("UPDATE meta SET value = '2' WHERE key = 'schema'")
+    StateStore(state).close()
+    with sqlite3.connect(state) as db:
+        assert db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone() == ("3",)
+        rows = db.execute("SELECT job_id, stage, status, pid FROM launches").fetchall()
+    # The running job's stage was launched by that mock (as a process it did not record):
+    # a restart must neither launch it again nor fail it; the created job's was never launched.
+    assert rows == [(running.job_id.hex, "a", "launched", None)]
+    with MockPlatform(state_path=state) as platform:
+        assert platform.job(running.job_id).state is JobState.RUNNING
+        assert platform.job(created.job_id).state is JobState.CREATED
 
 
 def test_a_newer_state_file_is_refused_and_left_untouched(tmp_path: Path) -> None:
@@ -353,8 +380,8 @@ def test_a_newer_state_file_is_refused_and_left_untouched(tmp_path: Path) -> Non
     StateStore(state).close()
     with sqlite3.connect(state) as db:
         db.execute("DROP TABLE models")
-        db.execute("UPDATE meta SET value = '3' WHERE key = 'schema'")
-    with pytest.raises(StateStoreError, match=r"schema version 3; this mock reads version 2"):
+        db.execute("UPDATE meta SET value = '4' WHERE key = 'schema'")
+    with pytest.raises(StateStoreError, match=r"schema version 4; this mock reads version 3"):
         StateStore(state)
     with sqlite3.connect(state) as db:
         tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}

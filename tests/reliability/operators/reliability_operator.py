@@ -6,6 +6,7 @@ Settings come from the environment (the platform's variables, plus these):
   returns), ``go`` (waits for a ``go`` command on the control channel, then succeeds),
   ``go-fail`` (waits for ``go``, then fails).
 * ``RELIABILITY_CLEANUP``: ``succeed`` (default) or ``hang``.
+* ``RELIABILITY_CLEANUP_MARKER``: a file cleanup writes (``cleaned up``) before it returns.
 * ``RELIABILITY_CONTROL``: ``host:port`` of the test's control channel (optional).
 * ``RELIABILITY_GRACE``: the driver's grace period in seconds (default 2).
 * ``RELIABILITY_REPORT``: the driver's report budget in seconds (default 60).
@@ -31,6 +32,7 @@ import clara
 STAGE = os.environ.get("NVIDIA_CLARA_STAGENAME", "stage")
 MODE = os.environ.get("RELIABILITY_MODE", "succeed")
 CLEANUP = os.environ.get("RELIABILITY_CLEANUP", "succeed")
+CLEANUP_MARKER = os.environ.get("RELIABILITY_CLEANUP_MARKER", "")
 GRACE = float(os.environ.get("RELIABILITY_GRACE", "2"))
 REPORT = float(os.environ.get("RELIABILITY_REPORT", "60"))
 
@@ -72,6 +74,9 @@ def cleanup(driver: clara.Driver[None]) -> bool:
     send("cleanup")
     if CLEANUP == "hang":
         _never.wait()
+    if CLEANUP_MARKER:
+        with open(CLEANUP_MARKER, "w", encoding="utf-8") as marker:
+            marker.write("cleaned up")
     return True
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from _api import (
     CHUNK,
     Api,
     assert_refused,
+    connect,
     download,
     ident,
     new_payload,
@@ -21,7 +23,7 @@ from _api import (
 
 from server_mock import MockPlatform
 from server_mock._errors import ErrorCode
-from server_mock._proto.nvidia.clara.platform import payloads_pb2
+from server_mock._proto.nvidia.clara.platform import common_pb2, payloads_pb2
 
 
 def test_payload_upload_download_round_trip_in_many_chunks(api: Api) -> None:
@@ -101,8 +103,10 @@ def test_payload_details_and_metadata(api: Api) -> None:
 
 BAD_BLOB_NAMES = [
     "",
-    "/etc/passwd",
+    "/",
+    "//etc/passwd",  # one leading '/' is ignored, not two
     "../outside",
+    "/../outside",
     "a/../../outside",
     "a/./b",
     "a//b",
@@ -111,6 +115,9 @@ BAD_BLOB_NAMES = [
     "nul\x00byte",
     "new\nline",
     "x" * 256,
+    "é" * 128,  # 128 characters, 256 bytes
+    "a/" * 128 + "b",  # 129 components
+    ("d" * 250 + "/") * 16 + "f" * 70,  # under 4096 characters, but too long a path on Linux
 ]
 
 
@@ -270,3 +277,98 @@ def test_remove_file_and_delete_payload(api: Api, platform: MockPlatform) -> Non
     assert not root.exists()
     [details] = list(api.payloads.Details(payloads_pb2.PayloadsDetailsRequest(payload_id=payload)))
     assert_refused(details.header, ErrorCode.PAYLOAD_NOT_FOUND)
+
+
+@pytest.mark.parametrize(
+    ("name", "fragments"),
+    [
+        ("scans/" + "x" * 256 + "/ct.raw", ["'xxxxx", "is 256 bytes", "at most 255"]),
+        ("é" * 128, ["is 256 bytes", "at most 255"]),
+        ("a/" * 128 + "b", ["129 path components", "at most 128"]),
+        (("d" * 250 + "/") * 16 + "f" * 70, ["the path is", "at most 4095"]),
+    ],
+)
+def test_a_name_the_file_system_cannot_hold_is_refused_with_a_clear_message(
+    api: Api, platform: MockPlatform, name: str, fragments: list[str]
+) -> None:
+    # Not "[Errno 36] File name too long" as an internal error, nor a RecursionError.
+    payload = new_payload(api)
+    response, call = api.payloads.Upload.with_call(
+        iter(
+            [
+                payloads_pb2.PayloadsUploadRequest(
+                    payload_id=payload,
+                    details=payloads_pb2.PayloadFileDetails(name=name),
+                    data=b"data",
+                )
+            ]
+        )
+    )
+    shown = repr(name[:20])[:-1]  # the message quotes the name (shortened when long)
+    assert_refused(response.header, ErrorCode.INVALID_BLOB_NAME, f"invalid blob name {shown}")
+    assert_refused(response.header, ErrorCode.INVALID_BLOB_NAME, *fragments)
+    assert trailer(call) == "INVALID_ARGUMENT"
+    assert payload_files(api, payload) == {}
+    assert temp_files(platform) == []
+
+
+def temp_files(platform: MockPlatform) -> list[Path]:
+    """The upload temporary files in ``platform``'s workspace."""
+    uploads = platform.state.workspace / "payloads" / ".uploads"
+    return sorted(uploads.iterdir()) if uploads.is_dir() else []
+
+
+def _chunks(
+    payload: common_pb2.Identifier,
+    name: str,
+    count: int,
+    then: list[payloads_pb2.PayloadsUploadRequest],
+) -> Iterator[payloads_pb2.PayloadsUploadRequest]:
+    for _ in range(count):
+        yield payloads_pb2.PayloadsUploadRequest(
+            payload_id=payload,
+            details=payloads_pb2.PayloadFileDetails(name=name),
+            data=b"x" * CHUNK,
+        )
+    yield from then
+
+
+def test_an_upload_refused_midway_removes_its_temporary_file_before_it_answers() -> None:
+    with MockPlatform(max_upload_bytes=3 * CHUNK) as small, connect(small) as api:
+        payload = new_payload(api)
+        other = new_payload(api)
+        too_big = api.payloads.Upload(_chunks(payload, "big.raw", 4, []))
+        assert_refused(too_big.header, ErrorCode.INVALID_UPLOAD, "'big.raw'", "upload limit")
+        assert temp_files(small) == []
+        switched = payloads_pb2.PayloadsUploadRequest(
+            payload_id=other, details=payloads_pb2.PayloadFileDetails(name="a"), data=b"x"
+        )
+        mixed = api.payloads.Upload(_chunks(payload, "a", 2, [switched]))
+        assert_refused(mixed.header, ErrorCode.INVALID_UPLOAD, "different payloads")
+        assert temp_files(small) == []
+        assert payload_files(api, payload) == {} and payload_files(api, other) == {}
+
+
+def test_a_payload_deleted_during_an_upload_keeps_no_file(api: Api, platform: MockPlatform) -> None:
+    payload = new_payload(api)
+
+    def delete_then_end() -> Iterator[payloads_pb2.PayloadsUploadRequest]:
+        yield from _chunks(payload, "scan.raw", 2, [])
+        deleted = api.payloads.Delete(payloads_pb2.PayloadsDeleteRequest(payload_id=payload))
+        assert deleted.header.code == 0
+
+    response = api.payloads.Upload(delete_then_end())
+    assert_refused(response.header, ErrorCode.PAYLOAD_NOT_FOUND, payload.value)
+    assert temp_files(platform) == []
+
+
+def test_start_removes_the_partial_uploads_a_crash_left(tmp_path: Path) -> None:
+    uploads = tmp_path / "payloads" / ".uploads"
+    uploads.mkdir(parents=True)
+    (uploads / "upload-abc123").write_bytes(b"x" * 1000)
+    (uploads / "upload-def456").write_bytes(b"")
+    with MockPlatform(workspace=tmp_path) as platform, connect(platform) as api:
+        assert temp_files(platform) == []
+        payload = new_payload(api)  # the store works as before
+        assert upload(api, payload, "a.txt", b"a").header.code == 0
+        assert payload_files(api, payload) == {"a.txt": 1}
