@@ -593,6 +593,8 @@ def _record_to_json(record: JobRecord) -> dict[str, Any]:
         # The capacity queue (a file written before it has neither: not queued, no GPUs).
         "queued": record.queued,
         "gpu_ids": {name: list(ids) for name, ids in record.gpu_ids.items()},
+        # Absent in files written before services were started: none to start again.
+        "service_ports": record.service_ports,
     }
 
 
@@ -610,6 +612,10 @@ def _record_from_json(job_id: uuid.UUID, data: dict[str, Any]) -> JobRecord:
         definition_text=data["definition"],
         queued=data.get("queued"),
         gpu_ids={name: tuple(ids) for name, ids in data.get("gpu_ids", {}).items()},
+        service_ports={
+            name: {connection: int(port) for connection, port in ports.items()}
+            for name, ports in data.get("service_ports", {}).items()
+        },
     )
 
 

@@ -63,8 +63,12 @@ class ResumingLauncher(StageLauncher, Protocol):
         *,
         models: Mapping[str, Path] | None,
         problem: str = "",
+        service_ports: Mapping[str, Mapping[str, int]] | None = None,
     ) -> None:
-        """Adopt, launch or fail each unfinished stage of ``job`` (see the runner's)."""
+        """Restart the job's services on ``service_ports``, then adopt, launch or fail its stages.
+
+        See the runner's :meth:`~server_mock._runner.LocalProcessLauncher.resume`.
+        """
 
 
 class InProcessLauncher:
@@ -98,6 +102,9 @@ class JobRecord:
         queued: While the job waits for capacity after its start (``serve`` counts
             capacity; see :mod:`server_mock._scheduler`), its place in the queue.
         gpu_ids: The GPU ids each operator was given when the job was admitted.
+        service_ports: The ports of the services started for the job, by service (its name
+            in the job) then connection: a restart starts them again on the same ports,
+            which the job's operators were given (:meth:`PlatformState.record_service_ports`).
     """
 
     job_id: uuid.UUID
@@ -113,6 +120,7 @@ class JobRecord:
     starting: bool = False
     queued: int | None = None
     gpu_ids: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    service_ports: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @property
     def start_requested(self) -> bool:
@@ -335,6 +343,21 @@ class PlatformState:
         finally:
             record.starting = False
 
+    def record_service_ports(
+        self, job_id: uuid.UUID, ports: Mapping[str, Mapping[str, int]]
+    ) -> None:
+        """Keep the ports of the services started for a job, in its record.
+
+        The launcher calls it (see :meth:`server_mock._runner.LocalProcessLauncher.attach`)
+        once the services are ready and before it starts the job, whose start saves them with
+        the record. A job made from stages has no record and no services: nothing is kept.
+        """
+        record = self.job_records.get(job_id)
+        if record is not None:
+            record.service_ports = {
+                name: dict(by_connection) for name, by_connection in ports.items()
+            }
+
     def waiting_messages(self, job_id: uuid.UUID) -> list[str]:
         """Why the job waits for capacity, as messages: none unless it is queued."""
         message = None if self.scheduler is None else self.scheduler.waiting_message(job_id)
@@ -374,7 +397,14 @@ class PlatformState:
                 models = self._model_dirs(definition)
             except ApiError as error:
                 problem = str(error)
-            await launcher.resume(job, definition, record.layout, models=models, problem=problem)
+            await launcher.resume(
+                job,
+                definition,
+                record.layout,
+                models=models,
+                problem=problem,
+                service_ports=record.service_ports,
+            )
 
     def _model_dirs(self, definition: PipelineDefinition) -> dict[str, Path]:
         """The folder of every model the definition's operators declare.

@@ -42,7 +42,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Literal
 
 from clara import contract
 from server_mock._adopted_process import adopt
@@ -66,10 +65,10 @@ from server_mock._operator_process import start_operator_process
 from server_mock._resources import ResourceAllocator, ResourceLimits, parse_requests
 from server_mock._sandbox import (
     SANDBOX_STAGE_SOCKET,
+    RunnerKind,
     SandboxSettings,
-    SandboxUnavailableError,
     StageMount,
-    bwrap_problem,
+    choose_runner,
     program_dirs,
     sandbox_command,
 )
@@ -86,8 +85,6 @@ __all__ = [
     "load_operator_map",
 ]
 
-RunnerKind = Literal["sandbox", "process"]
-"""How operators run: in a bubblewrap sandbox, or as plain processes."""
 
 _log = logging.getLogger("server_mock.runner")
 
@@ -113,39 +110,6 @@ _TLS_FILE_VARIABLES = (contract.ENV_TLS_CA, contract.ENV_TLS_CERT, contract.ENV_
 _NOT_RELAUNCHED = (
     "never launched before the platform stopped, and cannot be launched after its restart"
 )
-_NOT_ISOLATED = (
-    "operators run as plain processes of this user, not in a sandbox: they can read and write "
-    "every file this user can (other jobs' folders, the state file, the home), share /tmp, "
-    "and processes they detach with setsid outlive them"
-)
-
-
-def choose_runner(runner: RunnerKind | None, sandbox: SandboxSettings) -> RunnerKind:
-    """The runner to use: ``runner`` if given (checked), else the sandbox where bwrap works.
-
-    Without bwrap and without an explicit choice, the process runner is chosen and a one-line
-    warning says what is not isolated.
-
-    Raises:
-        SandboxUnavailableError: The sandbox was asked for (``runner="sandbox"``, an image
-            root, network isolation) and bwrap does not work here.
-        ValueError: ``runner="process"`` with image roots or network isolation.
-    """
-    needs_sandbox = bool(sandbox.rootfs) or sandbox.isolate_network
-    if runner == "process":
-        if needs_sandbox:
-            raise ValueError(
-                "the process runner cannot give an operator an image root or its own network; "
-                "use the sandbox runner"
-            )
-        return "process"
-    problem = bwrap_problem(sandbox.isolate_network)
-    if problem is None:
-        return "sandbox"
-    if runner == "sandbox" or needs_sandbox:
-        raise SandboxUnavailableError(f"the sandbox runner cannot run here: {problem}")
-    _log.warning("%s (%s; install bubblewrap to isolate them)", _NOT_ISOLATED, problem)
-    return "process"
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,12 +203,15 @@ class LocalProcessLauncher:
         self._released = False
         self.exit_codes: dict[tuple[str, str], int] = {}
         self.launches = LaunchStore()
+        self._service_ports: Callable[[uuid.UUID, Mapping[str, Mapping[str, int]]], None] | None
+        self._service_ports = None
 
     def attach(
         self,
         platform_address: Callable[[], str],
         stage_token: Callable[[uuid.UUID, str], str] | None = None,
         launches: LaunchStore | None = None,
+        service_ports: Callable[[uuid.UUID, Mapping[str, Mapping[str, int]]], None] | None = None,
     ) -> None:
         """Give the launcher its platform's address and token issuer, once the platform exists.
 
@@ -254,11 +221,15 @@ class LocalProcessLauncher:
                 ``platform.stage_tokens.issue``.
             launches: Where to record launches: the platform's (``platform.state.launches``,
                 saved in its state file); by default the launcher's own, in memory.
+            service_ports: Told the ports of a job's services before the job starts, to be
+                saved with it (``platform.state.record_service_ports``) and given back to
+                :meth:`resume`.
         """
         self._platform_address = platform_address
         self._stage_token = stage_token
         if launches is not None:
             self.launches = launches
+        self._service_ports = service_ports
 
     def command_for(self, operator: OperatorSpec) -> list[str]:
         """The argv that runs ``operator`` locally (inside its image root, if it has one).
@@ -339,6 +310,8 @@ class LocalProcessLauncher:
         services = await self._services.start(job, service_plans, layout)
         tasks: list[asyncio.Task[None]] = []
         try:
+            if self._service_ports is not None and services.running:
+                self._service_ports(job.job_id, services.ports())  # saved with the start
             job.start()
             failpoint("start.job_running")
             self._launch(job, definition.operators, plans, layout, services=services, tasks=tasks)
@@ -361,8 +334,15 @@ class LocalProcessLauncher:
         *,
         models: Mapping[str, Path] | None,
         problem: str = "",
+        service_ports: Mapping[str, Mapping[str, int]] | None = None,
     ) -> None:
         """After a restart of the platform: take the running job's operators over again.
+
+        First its services are started again on the ports they had (``service_ports``), so
+        the adopted operators' addresses reach them; one that cannot be fails the job's
+        unfinished stages (:meth:`ServiceLauncher.start_again
+        <server_mock._services.ServiceLauncher.start_again>`). They are stopped once the
+        operators adopted or launched now have all ended.
 
         By each stage's launch record (:mod:`server_mock._launches`): a process that is
         still the one launched is adopted and supervised as before; a stage never launched
@@ -377,7 +357,37 @@ class LocalProcessLauncher:
             models: The folder of each model its operators declare; ``None`` when they
                 cannot be found (``problem`` says why).
             problem: Why the stages never launched cannot be launched now (``""``: they can).
+            service_ports: The ports of its services before the restart, by service
+                (:meth:`JobServices.ports <server_mock._services.JobServices.ports>`).
         """
+        layout.logs_dir.mkdir(parents=True, exist_ok=True)
+        services = await self._services.start_again(job, definition, layout, service_ports or {})
+        tasks: list[asyncio.Task[None]] = []
+        try:
+            await self._take_over(
+                job,
+                definition,
+                layout,
+                models=models,
+                problem=problem,
+                services=services,
+                tasks=tasks,
+            )
+        finally:
+            self._stop_services_after(services, tasks)
+
+    async def _take_over(
+        self,
+        job: Job,
+        definition: PipelineDefinition,
+        layout: JobLayout,
+        *,
+        models: Mapping[str, Path] | None,
+        problem: str,
+        services: JobServices,
+        tasks: list[asyncio.Task[None]],
+    ) -> None:
+        """Adopt, launch or fail each unfinished stage (see :meth:`resume`)."""
         never_launched: list[OperatorSpec] = []
         for operator in definition.operators:
             stage = job.stage(operator.name)
@@ -397,7 +407,9 @@ class LocalProcessLauncher:
                     operator.name,
                     process.pid,
                 )
-                self._watch(Supervised.of(job, operator, layout, process, 0, adopted=True))
+                tasks.append(
+                    self._watch(Supervised.of(job, operator, layout, process, 0, adopted=True))
+                )
             elif stage.state.terminal:
                 continue
             elif record.identity is None and record.status is LaunchStatus.LAUNCHED:
@@ -422,7 +434,9 @@ class LocalProcessLauncher:
             for operator in never_launched:
                 job.fail_stage(operator.name, StageState.FAILED, f"{_NOT_RELAUNCHED}: {problem}")
             return
-        await self._launch_after_restart(job, definition, layout, never_launched, models)
+        await self._launch_after_restart(
+            job, definition, layout, never_launched, models, services=services, tasks=tasks
+        )
 
     async def _launch_after_restart(
         self,
@@ -431,6 +445,9 @@ class LocalProcessLauncher:
         layout: JobLayout,
         operators: list[OperatorSpec],
         models: Mapping[str, Path],
+        *,
+        services: JobServices,
+        tasks: list[asyncio.Task[None]],
     ) -> None:
         plans: dict[str, _LaunchPlan] = {}
         for operator in operators:
@@ -453,9 +470,7 @@ class LocalProcessLauncher:
             ", ".join(op.name for op in launchable) or "nothing",
         )
         try:
-            self._launch(
-                job, launchable, plans, layout, services=JobServices(job, self._services), tasks=[]
-            )
+            self._launch(job, launchable, plans, layout, services=services, tasks=tasks)
         except Exception as error:  # any failure ends the stages it strands
             for operator in launchable:
                 job.fail_stage(

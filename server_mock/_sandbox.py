@@ -32,6 +32,7 @@ import functools
 import glob
 import importlib.metadata
 import json
+import logging
 import os
 import shutil
 import site
@@ -41,17 +42,20 @@ import urllib.parse
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import Literal
 
 import clara
 import server_mock
 
 __all__ = [
     "SANDBOX_STAGE_SOCKET",
+    "RunnerKind",
     "SandboxPathError",
     "SandboxSettings",
     "SandboxUnavailableError",
     "StageMount",
     "bwrap_problem",
+    "choose_runner",
     "program_dirs",
     "sandbox_command",
 ]
@@ -502,3 +506,43 @@ def _show_folder(
         else:
             mounts.append(_Mount("--bind" if writable else "--ro-bind", path, path))
     return mounts
+
+
+RunnerKind = Literal["sandbox", "process"]
+"""How operators run: in a bubblewrap sandbox, or as plain processes."""
+
+_log = logging.getLogger("server_mock.runner")
+
+_NOT_ISOLATED = (
+    "operators run as plain processes of this user, not in a sandbox: they can read and write "
+    "every file this user can (other jobs' folders, the state file, the home), share /tmp, "
+    "and processes they detach with setsid outlive them"
+)
+
+
+def choose_runner(runner: RunnerKind | None, sandbox: SandboxSettings) -> RunnerKind:
+    """The runner to use: ``runner`` if given (checked), else the sandbox where bwrap works.
+
+    Without bwrap and without an explicit choice, the process runner is chosen and a one-line
+    warning says what is not isolated.
+
+    Raises:
+        SandboxUnavailableError: The sandbox was asked for (``runner="sandbox"``, an image
+            root, network isolation) and bwrap does not work here.
+        ValueError: ``runner="process"`` with image roots or network isolation.
+    """
+    needs_sandbox = bool(sandbox.rootfs) or sandbox.isolate_network
+    if runner == "process":
+        if needs_sandbox:
+            raise ValueError(
+                "the process runner cannot give an operator an image root or its own network; "
+                "use the sandbox runner"
+            )
+        return "process"
+    problem = bwrap_problem(sandbox.isolate_network)
+    if problem is None:
+        return "sandbox"
+    if runner == "sandbox" or needs_sandbox:
+        raise SandboxUnavailableError(f"the sandbox runner cannot run here: {problem}")
+    _log.warning("%s (%s; install bubblewrap to isolate them)", _NOT_ISOLATED, problem)
+    return "process"

@@ -29,6 +29,11 @@ same command rules):
   the job runs is logged (its operators' calls to it fail). A service is never taken over by
   a restarted server, so it ends with the mock's process (bwrap's ``--die-with-parent``;
   ``setpriv --pdeathsig`` for the process runner).
+* after a restart (:meth:`ServiceLauncher.start_again`): each service of a running job is
+  started again on the ports it had (:meth:`JobServices.ports`, saved with the job), which
+  its adopted operators were given, and must be ready before they are adopted; one that
+  cannot be (port taken, exits, never listens, cannot run, ports unknown) fails the job's
+  unfinished stages naming it and why.
 * its output goes to the job's ``logs/services/<name>.log`` (:func:`service_log_path`).
 """
 
@@ -54,7 +59,7 @@ from server_mock._definition import (
     ServiceSpec,
     expand_command,
 )
-from server_mock._jobs import Job, JobState
+from server_mock._jobs import Job, JobState, StageState
 from server_mock._operator_env import PLATFORM_VARIABLES, image_environment
 from server_mock._operator_process import OperatorProcess, start_operator_process
 from server_mock._sandbox import SandboxSettings, program_dirs, sandbox_command
@@ -130,6 +135,11 @@ class ServicePlan:
     sandboxed: bool
     image_root: bool = False
     log_name: str = ""
+
+    @property
+    def key(self) -> str:
+        """The service's name in its job (its log's name): unique among the job's services."""
+        return self.log_name or self.service.name
 
     def argv_for(self, env: Mapping[str, str]) -> list[str]:
         """``argv`` with the ``$(VAR)`` references of the service's command expanded."""
@@ -263,7 +273,7 @@ class ServiceLauncher:
         else:
             settings = dataclasses.replace(
                 runner.sandbox,
-                die_with_server=True,  # never taken over by a restarted server
+                die_with_server=True,  # a restarted server starts it again instead
                 hidden_paths=(*runner.sandbox.hidden_paths, layout.root.parent),
             )
             try:
@@ -291,31 +301,102 @@ class ServiceLauncher:
 
     # -- starting -----------------------------------------------------------------------
 
-    async def start(self, job: Job, plans: Sequence[ServicePlan], layout: JobLayout) -> JobServices:
+    async def start(
+        self,
+        job: Job,
+        plans: Sequence[ServicePlan],
+        layout: JobLayout,
+        ports: Mapping[str, Mapping[str, int]] | None = None,
+    ) -> JobServices:
         """Start every planned service of ``job`` and wait until each is ready.
 
         Args:
-            job: The job (still created); its cancellation stops the wait.
+            job: The job (still created; running after a restart); a change of its state
+                stops the wait.
             plans: The services to run.
             layout: The job's folders (the logs go to its log folder).
+            ports: After a restart of the platform: the ports each service had
+                (:meth:`JobServices.ports`), which it gets again; ``None``: free ones.
 
         Raises:
-            ServiceStartError: A service could not start, exited, or did not open its ports
-                in time, or the job ended meanwhile; every started service is stopped first.
+            ServiceStartError: A service could not start (or get its ports again), exited,
+                or did not open its ports in time, or the job changed state meanwhile;
+                every started service is stopped first.
         """
         services = JobServices(job, self)
+        state = job.state
         try:
             for plan in plans:
-                services.running.append(await self._launch(job, plan, layout))
-            await self._wait_ready(job, services.running)
+                own = None if ports is None else self._ports_again(plan, ports)
+                services.running.append(self._launch(job, plan, layout, own))
+            await self._wait_ready(job, services.running, state)
         except BaseException:
             await services.stop()  # also when Jobs.Start's caller went away (cancelled)
             raise
         return services
 
-    async def _launch(self, job: Job, plan: ServicePlan, layout: JobLayout) -> _Running:
+    async def start_again(
+        self,
+        job: Job,
+        definition: PipelineDefinition,
+        layout: JobLayout,
+        ports: Mapping[str, Mapping[str, int]],
+    ) -> JobServices:
+        """After a restart of the platform: start the running job's services on their ports.
+
+        The operators adopted still call the addresses they were given, so each service gets
+        the ports it had (``ports``, saved with the job). One that cannot be planned, get its
+        ports, or become ready fails every unfinished stage of the job, naming the service
+        and why (their processes are then stopped by their supervisors); no service runs.
+
+        Returns:
+            The services started (none when the job declares none, or they failed).
+        """
+        try:
+            return await self.start(job, self.plan(definition, layout), layout, ports)
+        except ValueError as error:  # a refusal, or ServiceStartError
+            _log.error("job %s: %s", job.job_id, error)
+            for name, stage in job.stages.items():
+                if not stage.state.terminal:
+                    job.fail_stage(
+                        name,
+                        StageState.FAILED,
+                        f"a service of its job could not be started again after a restart of "
+                        f"the platform: {error}",
+                    )
+            return JobServices(job, self)
+
+    def _ports_again(
+        self, plan: ServicePlan, saved: Mapping[str, Mapping[str, int]]
+    ) -> dict[str, int]:
+        """The ports ``plan``'s service had before the restart, if they are free again."""
+        name = plan.service.name
+        wanted = {c.name for c in plan.service.http_connections}
+        ports = dict(saved.get(plan.key, {}))
+        if set(ports) != wanted:
+            raise ServiceStartError(
+                f"{plan.where}: service {name!r}: the ports it had before the restart were not "
+                f"saved (connections {', '.join(sorted(wanted))}; saved: "
+                f"{', '.join(sorted(ports)) or 'none'}), so its operators' addresses are unknown"
+            )
+        for connection, port in ports.items():
+            problem = (
+                "another service holds it" if port in self._ports_held else _bind_problem(port)
+            )
+            if problem:
+                raise ServiceStartError(
+                    f"{plan.where}: service {name!r} cannot get its port {port} ({connection}) "
+                    f"again, which its operators call: {problem}"
+                )
+        self._ports_held.update(ports.values())
+        return ports
+
+    def _launch(
+        self, job: Job, plan: ServicePlan, layout: JobLayout, ports: dict[str, int] | None
+    ) -> _Running:
         service = plan.service
-        ports = {c.name: self._free_port() for c in service.http_connections}
+        if ports is None:
+            ports = {c.name: self._free_port() for c in service.http_connections}
         env = {k: v for k, v in self._inherited.items() if k not in PLATFORM_VARIABLES}
         env["PYTHONUNBUFFERED"] = "1"
         env.update(service.variables)
@@ -328,7 +409,7 @@ class ServiceLauncher:
         if plan.sandboxed:
             image_environment(env, image_root=plan.image_root)
         argv = plan.argv_for(env)
-        log_path = service_log_path(layout, plan.log_name or service.name)
+        log_path = service_log_path(layout, plan.key)
         try:
             log_path.parent.mkdir(parents=True, exist_ok=True)
             with log_path.open("ab") as log:
@@ -362,7 +443,7 @@ class ServiceLauncher:
                 self._ports_held.add(port)
                 return port
 
-    async def _wait_ready(self, job: Job, running: Sequence[_Running]) -> None:
+    async def _wait_ready(self, job: Job, running: Sequence[_Running], state: JobState) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._ready_timeout
         pending = {(r.name, port): r for r in running for port in r.ports.values()}
@@ -372,7 +453,7 @@ class ServiceLauncher:
             for service in running:
                 if service.exited.done():
                     raise ServiceStartError(_exited_message(service))
-            if job.state is not JobState.CREATED:
+            if job.state is not state:
                 raise ServiceStartError(
                     f"job {job.job_id} was {job.state.value} while its services started"
                 )
@@ -449,6 +530,13 @@ class JobServices:
         self.running: list[_Running] = []
         self._launcher = launcher
 
+    def ports(self) -> dict[str, dict[str, int]]:
+        """Each service's ports (connection name to port), by :attr:`ServicePlan.key`.
+
+        What a restarted platform gives them again (:meth:`ServiceLauncher.start_again`).
+        """
+        return {r.plan.key: dict(r.ports) for r in self.running}
+
     def addresses_for(self, operator: str) -> dict[str, str]:
         """The connection variables of the services ``operator`` declares (``localhost:<port>``)."""
         return {
@@ -522,6 +610,21 @@ def _ended_with_the_mock(command: list[str]) -> list[str]:
     """
     setpriv = shutil.which("setpriv")
     return [setpriv, "--pdeathsig", "KILL", "--", *command] if setpriv else command
+
+
+def _bind_problem(port: int) -> str:
+    """Why a service could not listen on ``localhost:port`` now (``""``: it could).
+
+    ``SO_REUSEADDR``, as servers set it: connections of the service's previous process
+    that linger in TIME_WAIT do not count.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError as error:
+            return f"another process uses it ({error.strerror or error})"
+    return ""
 
 
 async def _unwatch(service: _Running) -> None:

@@ -136,6 +136,7 @@ def serve(args: argparse.Namespace, out: TextIO) -> int:
         lambda: operator_address(platform.address),
         platform.stage_tokens.issue,
         platform.state.launches,
+        platform.state.record_service_ports,
     )
     stopped = threading.Event()
     received: list[int] = []
