@@ -24,7 +24,7 @@ import subprocess
 import sys
 import threading
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -158,7 +158,8 @@ class ServerProcess:
     The first :meth:`start` binds an ephemeral port; later starts reuse it, so drivers that
     were given the address find the restarted server there. ``operators_dir`` may be changed
     between starts (a restart with another configuration). Its stderr goes to
-    :attr:`log_path`; :meth:`wait_log` waits for a line of the current run.
+    :attr:`log_path`; :meth:`wait_log` waits for a line of the current run. ``args`` are
+    added to serve's command line (e.g. ``--operator-map``).
     """
 
     def __init__(
@@ -168,8 +169,10 @@ class ServerProcess:
         operators_dir: Path = OPERATORS,
         *,
         runner: str = "process",
+        args: Sequence[str] = (),
     ) -> None:
         self.state = state
+        self._args = list(args)
         self.port = 0
         self.address = ""
         self.operators_dir = operators_dir
@@ -206,6 +209,7 @@ class ServerProcess:
             # report, and a sandboxed operator only knows its pid inside its own PID namespace.
             "--runner",
             self._runner,
+            *self._args,
         ]
         self.process = subprocess.Popen(
             argv,
