@@ -26,8 +26,8 @@ runner, a definition's command runs only when it runs a file of the command fold
 
 The services the operators declare (``services``) run the same way (operator map first, then
 the container's command, in the same runner), each started before the job's operators and
-stopped after them (see :mod:`server_mock._services`); one the mock cannot run is refused
-before anything starts.
+stopped after them, and after a restart started again on its ports before they are adopted
+(see :mod:`server_mock._services`); one the mock cannot run is refused before anything starts.
 """
 
 from __future__ import annotations
@@ -110,6 +110,7 @@ _TLS_FILE_VARIABLES = (contract.ENV_TLS_CA, contract.ENV_TLS_CERT, contract.ENV_
 _NOT_RELAUNCHED = (
     "never launched before the platform stopped, and cannot be launched after its restart"
 )
+_NO_SERVICE = "a service of its job could not be started again after a restart of the platform"
 
 
 @dataclass(frozen=True, slots=True)
@@ -339,10 +340,11 @@ class LocalProcessLauncher:
         """After a restart of the platform: take the running job's operators over again.
 
         First its services are started again on the ports they had (``service_ports``), so
-        the adopted operators' addresses reach them; one that cannot be fails the job's
-        unfinished stages (:meth:`ServiceLauncher.start_again
-        <server_mock._services.ServiceLauncher.start_again>`). They are stopped once the
-        operators adopted or launched now have all ended.
+        the adopted operators' addresses reach them (:meth:`ServiceLauncher.start_again
+        <server_mock._services.ServiceLauncher.start_again>`); one that cannot be fails the
+        stages it adopts or would launch, naming it (a stage whose process ended meanwhile
+        still gets its outbox). They are stopped once the operators adopted or launched now
+        have all ended.
 
         By each stage's launch record (:mod:`server_mock._launches`): a process that is
         still the one launched is adopted and supervised as before; a stage never launched
@@ -361,7 +363,13 @@ class LocalProcessLauncher:
                 (:meth:`JobServices.ports <server_mock._services.JobServices.ports>`).
         """
         layout.logs_dir.mkdir(parents=True, exist_ok=True)
-        services = await self._services.start_again(job, definition, layout, service_ports or {})
+        services, service_problem = JobServices(job, self._services), ""
+        try:
+            services = await self._services.start_again(
+                job, definition, layout, service_ports or {}
+            )
+        except ValueError as error:
+            service_problem = f"{_NO_SERVICE}: {error}"
         tasks: list[asyncio.Task[None]] = []
         try:
             await self._take_over(
@@ -369,7 +377,8 @@ class LocalProcessLauncher:
                 definition,
                 layout,
                 models=models,
-                problem=problem,
+                problem=problem or service_problem,
+                service_problem=service_problem,
                 services=services,
                 tasks=tasks,
             )
@@ -384,10 +393,15 @@ class LocalProcessLauncher:
         *,
         models: Mapping[str, Path] | None,
         problem: str,
+        service_problem: str,
         services: JobServices,
         tasks: list[asyncio.Task[None]],
     ) -> None:
-        """Adopt, launch or fail each unfinished stage (see :meth:`resume`)."""
+        """Adopt, launch or fail each unfinished stage (see :meth:`resume`).
+
+        ``service_problem``: why the job's services are not running again (``""``: they are);
+        it fails the stages whose process is adopted (a gone one's outbox still counts).
+        """
         never_launched: list[OperatorSpec] = []
         for operator in definition.operators:
             stage = job.stage(operator.name)
@@ -401,6 +415,8 @@ class LocalProcessLauncher:
                 None if record.identity is None else adopt(record.identity, sandboxed=sandboxed)
             )
             if process is not None:
+                if service_problem and not stage.state.terminal:
+                    job.fail_stage(operator.name, StageState.FAILED, service_problem)
                 _log.info(
                     "job %s: %s: adopted its process (pid %d) after a restart",
                     job.job_id,

@@ -32,8 +32,8 @@ same command rules):
 * after a restart (:meth:`ServiceLauncher.start_again`): each service of a running job is
   started again on the ports it had (:meth:`JobServices.ports`, saved with the job), which
   its adopted operators were given, and must be ready before they are adopted; one that
-  cannot be (port taken, exits, never listens, cannot run, ports unknown) fails the job's
-  unfinished stages naming it and why.
+  cannot be (port taken, exits, never listens, cannot run, ports unknown) fails the stages
+  whose operators the runner adopts or would launch, naming it and why.
 * its output goes to the job's ``logs/services/<name>.log`` (:func:`service_log_path`).
 """
 
@@ -59,7 +59,7 @@ from server_mock._definition import (
     ServiceSpec,
     expand_command,
 )
-from server_mock._jobs import Job, JobState, StageState
+from server_mock._jobs import Job, JobState
 from server_mock._operator_env import PLATFORM_VARIABLES, image_environment
 from server_mock._operator_process import OperatorProcess, start_operator_process
 from server_mock._sandbox import SandboxSettings, program_dirs, sandbox_command
@@ -345,26 +345,23 @@ class ServiceLauncher:
         """After a restart of the platform: start the running job's services on their ports.
 
         The operators adopted still call the addresses they were given, so each service gets
-        the ports it had (``ports``, saved with the job). One that cannot be planned, get its
-        ports, or become ready fails every unfinished stage of the job, naming the service
-        and why (their processes are then stopped by their supervisors); no service runs.
+        the ports it had (``ports``, saved with the job), and is ready before they are
+        adopted. The caller fails the job's unfinished stages when this raises.
 
         Returns:
-            The services started (none when the job declares none, or they failed).
+            The services started (none when the job declares none).
+
+        Raises:
+            ValueError: A service can no longer be run here, or (``ServiceStartError``) its
+                ports were not saved or are taken, or it exited or did not become ready; the
+                message names the operator, ``services[i]``, the service and why. Every
+                service started is stopped first.
         """
         try:
             return await self.start(job, self.plan(definition, layout), layout, ports)
         except ValueError as error:  # a refusal, or ServiceStartError
             _log.error("job %s: %s", job.job_id, error)
-            for name, stage in job.stages.items():
-                if not stage.state.terminal:
-                    job.fail_stage(
-                        name,
-                        StageState.FAILED,
-                        f"a service of its job could not be started again after a restart of "
-                        f"the platform: {error}",
-                    )
-            return JobServices(job, self)
+            raise
 
     def _ports_again(
         self, plan: ServicePlan, saved: Mapping[str, Mapping[str, int]]
