@@ -6,7 +6,8 @@ listener and holds that connection, so its end is seen without polling). The ope
 which address it was given, then waits for the test's "go" before it calls the service. The
 server is stopped (SIGTERM) or killed (SIGKILL) meanwhile: the service ends with it; the
 restarted server starts it again on the same port before it adopts the operator, whose call
-then reaches it. A service that cannot get its port again fails the job saying so.
+then reaches it. A service that cannot get its port again fails the job saying so; a stage
+that ended during the outage keeps the outcome it left in its outbox.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from _faults import WAIT, ServerProcess, kill_pids
+from _faults import OPERATOR_SCRIPT, WAIT, ControlServer, ServerProcess, kill_pids, pipeline_yaml
 from _launch import DRIVER_OPERATOR, Listener, driver_operator, listener, pipeline
 from _service_scripts import IMAGE, SERVICE, pid_of, service_definition
 
@@ -57,6 +58,7 @@ def serve_with_service(tmp_path: Path, runner: str = "process") -> ServerProcess
     ops.mkdir()
     (ops / "op.py").write_text(DRIVER_OPERATOR)
     (ops / "service.py").write_text(SERVICE)
+    (ops / OPERATOR_SCRIPT.name).write_text(OPERATOR_SCRIPT.read_text())
     operator_map = tmp_path / "operator-map.yaml"
     operator_map.write_text(yaml.safe_dump({f"{IMAGE}:serve": ["python", "service.py", "serve"]}))
     args = ("--operator-map", str(operator_map))
@@ -194,6 +196,53 @@ def test_a_service_that_cannot_start_again_after_a_restart_fails_the_job_saying_
             assert Listener.closed(operator), "the operator must be stopped"
             wait_gone(pids[1])
         assert "started service" not in server.log_path.read_text()
+    finally:
+        kill_pids(pids)
+
+
+def saved_port(state: Path) -> int:
+    """The port saved for the job's service (its record's ``service_ports``)."""
+    with sqlite3.connect(state) as db:
+        ((record,),) = db.execute("SELECT record FROM jobs").fetchall()
+    port: int = json.loads(record)["service_ports"]["trtis"]["NVIDIA_CLARA_TRTISURI"]
+    return port
+
+
+def test_a_stage_that_ended_during_the_outage_keeps_its_outcome_when_the_service_cannot_restart(
+    tmp_path: Path, server: ServerProcess, test_listener: Listener, control: ControlServer
+) -> None:
+    # "second" declares the service; "first" succeeds while the server is down and leaves its
+    # outcome in its outbox (its report budget, 2 s, is shorter than the outage).
+    definition = pipeline_yaml(
+        control.address,
+        [("first", None, "go"), ("second", "first", "succeed")],
+        {"first": {"RELIABILITY_REPORT": "2"}},
+    ) + service_definition("serve", test_listener)
+    (tmp_path / "pipeline.yaml").write_text(definition)
+    address = server.start()
+    with PlatformClient(address) as client:
+        pipeline_id = client.create_pipeline(tmp_path / "pipeline.yaml")
+        job_id = client.create_job(pipeline_id, "svc", [])
+        client.start_job(job_id)
+    service, said = test_listener.accept()
+    pids = [pid_of(said, "service")]
+    try:
+        control.wait_event("first", "execute")
+        control.wait_event("second", "waiting_for_inputs")
+        server.kill()
+        assert Listener.closed(service), "the service must die with the server"
+        control.send("first", "go")
+        assert not control.wait_event("first", "result")["reported"]
+        control.wait_event("first", "exit")
+        assert server.state is not None
+        with socket.create_server(("127.0.0.1", saved_port(server.state))):
+            server.start()
+            control.wait_event("second", "exit")  # adopted, its stage failed: it ends
+        job = status(address, job_id)
+        assert (job.state, job.status) == ("STOPPED", "FAULTED")
+        operators = {o.name: o.status for o in job.operators}
+        assert operators == {"first": "COMPLETED", "second": "FAULTED"}, job
+        assert "could not be started again after a restart" in " ".join(job.messages)
     finally:
         kill_pids(pids)
 
