@@ -17,6 +17,27 @@ Archives are checked before anything is stored: a member that is absolute, climb
 ``..``, is a link or a device, or an archive larger than the limits when extracted, refuses
 the upload (``INVALID_MODEL``), and nothing is kept.
 
+An upload is received and extracted in a temporary folder, ``<models>/.uploads/model-*``,
+removed as soon as the upload ends without being stored (:meth:`ModelUpload.abort`). Storing
+it (:meth:`ModelRepository.commit`) takes these steps, each a named failpoint
+(:data:`~server_mock._failpoints.MODEL_COMMIT_FAILPOINTS`)::
+
+    1. write the intent ``.uploads/commit-<id>.json`` (the new record's name, type,
+       metadata and size), atomically                            model_commit.intent_written
+    2. a replacement: move the old ``<id>/`` aside to ``.uploads/replaced-<id>/``
+                                                                 model_commit.old_set_aside
+    3. move the new folder to ``<id>/``                         model_commit.new_in_place
+    4. save the record (``on_model_saved``): the commit point    model_commit.saved
+    5. remove ``replaced-<id>/``                                 model_commit.old_removed
+    6. remove the intent
+
+After a crash, :meth:`ModelRepository.recover_uploads` (at start-up, once the saved records
+are loaded) reads each intent left: when the saved record is the new one, the commit
+happened, so the new folder is kept and the old copy dropped; otherwise the old folder is
+put back (or, for a model that had none, the new folder removed). Either way the model is
+the old one or the new one, complete, with a record that describes it. Then every other
+leftover of ``.uploads/`` is removed.
+
 For the platform (operator ``models:`` at ``Jobs.Start``), :meth:`ModelRepository.find`
 resolves a model by name::
 
@@ -29,10 +50,13 @@ callers run in a worker thread.
 from __future__ import annotations
 
 import enum
+import json
+import logging
 import os
 import shutil
 import stat
 import tempfile
+import threading
 import time
 import uuid
 import zipfile
@@ -42,6 +66,7 @@ from pathlib import Path, PurePosixPath
 from typing import BinaryIO, Final
 
 from server_mock._errors import ApiError, ErrorCode
+from server_mock._failpoints import failpoint
 from server_mock._saved_metadata import replace_metadata
 
 __all__ = [
@@ -50,6 +75,7 @@ __all__ = [
     "MAX_MODEL_NAME_CHARS",
     "CatalogKind",
     "CatalogRecord",
+    "ExtractionStopped",
     "ModelRecord",
     "ModelRepository",
     "ModelType",
@@ -70,6 +96,12 @@ MAX_MODEL_FILES_BYTES: Final = 64 * 1024**3
 _ARCHIVE = "model.zip"
 _FILES = "files"
 _COPY_CHUNK = 1024 * 1024
+_UPLOAD_PREFIX = "model-"
+_INTENT_PREFIX = "commit-"
+_INTENT_SUFFIX = ".json"
+_ASIDE_PREFIX = "replaced-"
+
+_log = logging.getLogger("server_mock.models")
 
 
 class ModelType(enum.Enum):
@@ -164,13 +196,23 @@ def _bad_archive(why: str) -> ApiError:
     return ApiError(ErrorCode.INVALID_MODEL, f"field data: the model is not a usable zip: {why}")
 
 
-def extract_archive(archive: Path, destination: Path) -> None:
+class ExtractionStopped(Exception):
+    """:func:`extract_archive` was asked to stop (its upload was cancelled)."""
+
+
+def extract_archive(archive: Path, destination: Path, stop: threading.Event | None = None) -> None:
     """Check the zip ``archive`` and extract it into the new folder ``destination``.
 
     Blocking: run it in a worker thread. On error ``destination`` is removed.
 
+    Args:
+        archive: The uploaded archive.
+        destination: The folder to create and extract into.
+        stop: Set (from another thread) to end the extraction early, within one chunk.
+
     Raises:
         ApiError: ``INVALID_MODEL``: not a zip, or a member is unsafe or too large.
+        ExtractionStopped: ``stop`` was set.
     """
     if not zipfile.is_zipfile(archive):
         raise _bad_archive("the data is not a zip archive (upload the model folder zipped)")
@@ -182,7 +224,7 @@ def extract_archive(archive: Path, destination: Path) -> None:
                 raise _bad_archive(f"more than {MAX_MODEL_FILES} members")
             budget = MAX_MODEL_FILES_BYTES
             for member in members:
-                budget -= _extract_member(zipped, member, destination, budget)
+                budget -= _extract_member(zipped, member, destination, budget, stop)
     except zipfile.BadZipFile as error:
         shutil.rmtree(destination, ignore_errors=True)
         raise _bad_archive(str(error)) from error
@@ -192,7 +234,11 @@ def extract_archive(archive: Path, destination: Path) -> None:
 
 
 def _extract_member(
-    zipped: zipfile.ZipFile, member: zipfile.ZipInfo, destination: Path, budget: int
+    zipped: zipfile.ZipFile,
+    member: zipfile.ZipInfo,
+    destination: Path,
+    budget: int,
+    stop: threading.Event | None,
 ) -> int:
     """Extract one member (checked); return the bytes written."""
     name = member.filename
@@ -216,6 +262,8 @@ def _extract_member(
         raise _bad_archive(f"member {name!r} clashes with another member") from None
     with zipped.open(member) as source, out:
         while chunk := source.read(_COPY_CHUNK):
+            if stop is not None and stop.is_set():
+                raise ExtractionStopped(f"stopped while extracting {name!r}")
             written += len(chunk)
             if written > budget:
                 raise _bad_archive(f"its content is larger than {MAX_MODEL_FILES_BYTES} bytes")
@@ -231,13 +279,15 @@ class ModelUpload:
 
     Attributes:
         name: The model's name.
+        folder: The temporary folder (the archive, and its content once extracted).
+        archive: The archive being received, in ``folder``.
         size: Bytes received so far.
     """
 
     def __init__(self, name: str, temp_dir: Path) -> None:
         self.name = name
         temp_dir.mkdir(parents=True, exist_ok=True)
-        self.folder = Path(tempfile.mkdtemp(dir=temp_dir, prefix="model-"))
+        self.folder = Path(tempfile.mkdtemp(dir=temp_dir, prefix=_UPLOAD_PREFIX))
         self.archive = self.folder / _ARCHIVE
         self._file: BinaryIO | None = open(self.archive, "wb")  # noqa: SIM115 - closed in close()
         self.size = 0
@@ -255,10 +305,58 @@ class ModelUpload:
             self._file.close()
             self._file = None
 
-    def abort(self) -> None:
-        """Drop whatever the upload left in its temporary folder (idempotent)."""
+    def abort(self) -> bool:
+        """Drop the temporary folder (idempotent); return whether there was one to remove.
+
+        After a commit the folder is the model's and is gone from here: nothing to remove.
+        """
         self.close()
+        if not self.folder.exists():
+            return False
         shutil.rmtree(self.folder, ignore_errors=True)
+        return True
+
+
+def _intent_fields(record: ModelRecord) -> dict[str, object]:
+    """What an intent file says of the record a commit saves (and recovery compares)."""
+    return {
+        "name": record.name,
+        "type": record.type.value,
+        "metadata": dict(record.metadata),
+        "size": record.size,
+    }
+
+
+def _write_intent(path: Path, record: ModelRecord) -> None:
+    """Write the intent file whole (a temporary file renamed over it)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(path.name + ".tmp")
+    temp.write_text(json.dumps(_intent_fields(record)), encoding="utf-8")
+    os.replace(temp, path)
+
+
+def _remove_folder(folder: Path) -> None:
+    """Remove ``folder`` if it exists, logging (not raising) a failure."""
+    if not folder.exists():
+        return
+    try:
+        shutil.rmtree(folder)
+    except OSError as error:
+        _log.error("could not remove %s (the next start retries): %s", folder, error)
+
+
+def _remove_entry(entry: Path) -> None:
+    if entry.is_dir() and not entry.is_symlink():
+        shutil.rmtree(entry)
+    else:
+        entry.unlink()
+
+
+def _size_of(entry: Path) -> int:
+    """Bytes in ``entry`` (a file, or a folder's files), for the log."""
+    if not entry.is_dir() or entry.is_symlink():
+        return entry.lstat().st_size
+    return sum(p.lstat().st_size for p in entry.rglob("*") if not p.is_dir())
 
 
 class ModelRepository:
@@ -337,48 +435,135 @@ class ModelRepository:
     ) -> ModelRecord:
         """Store an upload whose archive was extracted into ``upload.folder / "files"``.
 
-        A model with the same name (case-insensitively) is replaced and keeps its id.
+        A model with the same name (case-insensitively) is replaced and keeps its id. The
+        steps, and what a crash between them leaves, are in the module's docstring.
 
         Raises:
             OSError: Moving the files into place failed (nothing changed).
         """
         existing = self.named(upload.name)
         model_id = existing.model_id if existing is not None else uuid.uuid4()
-        root = self.root / model_id.hex
-        self.root.mkdir(parents=True, exist_ok=True)
-        previous = self._temp_dir / f"replaced-{uuid.uuid4().hex}"
-        if root.exists():
-            os.replace(root, previous)
-        try:
-            os.replace(upload.folder, root)
-        except BaseException:
-            if previous.exists():
-                os.replace(previous, root)
-            raise
         record = ModelRecord(
             model_id=model_id,
             name=upload.name,
             type=model_type,
-            root=root,
+            root=self.root / model_id.hex,
             metadata=dict(metadata),
             size=upload.size,
             created_at=existing.created_at if existing is not None else time.time(),
         )
-        self._models[model_id] = record
+        root, aside, intent = record.root, self._aside(record.model_id), self._intent(record)
+        _write_intent(intent, record)
+        failpoint("model_commit.intent_written")
+        try:
+            if root.exists():
+                os.replace(root, aside)
+                failpoint("model_commit.old_set_aside")
+            os.replace(upload.folder, root)
+            failpoint("model_commit.new_in_place")
+        except BaseException:
+            if aside.exists():
+                os.replace(aside, root)
+            intent.unlink(missing_ok=True)
+            raise
+        self._models[record.model_id] = record
         try:
             if self.on_model_saved is not None:
                 self.on_model_saved(record)
         except BaseException:
             if existing is not None:
-                self._models[model_id] = existing
+                self._models[record.model_id] = existing
             else:
-                del self._models[model_id]
+                del self._models[record.model_id]
             os.replace(root, upload.folder)  # upload.abort() removes it
-            if previous.exists():
-                os.replace(previous, root)
+            if aside.exists():
+                os.replace(aside, root)
+            intent.unlink(missing_ok=True)
             raise
-        shutil.rmtree(previous, ignore_errors=True)
+        failpoint("model_commit.saved")
+        _remove_folder(aside)
+        failpoint("model_commit.old_removed")
+        intent.unlink(missing_ok=True)
         return record
+
+    def _aside(self, model_id: uuid.UUID) -> Path:
+        """Where a replaced model's old folder waits until the new one is saved."""
+        return self._temp_dir / f"{_ASIDE_PREFIX}{model_id.hex}"
+
+    def _intent(self, record: ModelRecord) -> Path:
+        """The intent file of a commit of ``record``'s model."""
+        return self._temp_dir / f"{_INTENT_PREFIX}{record.model_id.hex}{_INTENT_SUFFIX}"
+
+    def recover_uploads(self) -> list[str]:
+        """Finish or undo the commits a crash interrupted, then remove every partial upload.
+
+        Call at start-up, once the saved records are loaded and before any upload runs: every
+        entry of the temporary folder then belongs to a dead upload. For each intent file the
+        rule of the module's docstring applies (the saved record decides); everything else
+        there (uploads received or extracted but never committed) is removed. Each step is
+        logged.
+
+        Returns:
+            The names of the entries of the temporary folder that were removed or restored.
+        """
+        handled: list[str] = []
+        if not self._temp_dir.is_dir():
+            return handled
+        for intent in sorted(self._temp_dir.glob(f"{_INTENT_PREFIX}*{_INTENT_SUFFIX}")):
+            handled.extend(self._recover_commit(intent))
+        for entry in sorted(self._temp_dir.iterdir()):
+            try:
+                size = _size_of(entry)
+                _remove_entry(entry)
+            except OSError as error:
+                _log.error("could not remove the partial model upload %s: %s", entry, error)
+                continue
+            _log.warning(
+                "removed partial upload %s (%d bytes): a model upload that never ended, left "
+                "by an earlier run",
+                entry,
+                size,
+            )
+            handled.append(entry.name)
+        return handled
+
+    def _recover_commit(self, intent: Path) -> list[str]:
+        """Apply the recovery rule to one intent file; return the entries it handled."""
+        hex_id = intent.name.removeprefix(_INTENT_PREFIX).removesuffix(_INTENT_SUFFIX)
+        try:
+            model_id = uuid.UUID(hex=hex_id)
+            wanted = json.loads(intent.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as error:
+            # Not one this code wrote (intents are written whole, then renamed): the sweep
+            # that follows removes it; any replaced-* folder is then handled as a leftover.
+            _log.error("model commit intent %s is unreadable, so ignored: %s", intent, error)
+            return []
+        record = self._models.get(model_id)
+        committed = record is not None and _intent_fields(record) == wanted
+        root, aside = self.root / model_id.hex, self._aside(model_id)
+        what = f"model {model_id.hex}"
+        if isinstance(wanted, dict) and "name" in wanted:
+            what += f" ({wanted['name']!r})"
+        try:
+            if aside.exists() and not (committed and root.exists()):
+                if root.exists():
+                    shutil.rmtree(root)
+                os.replace(aside, root)
+                outcome = "its new version was not saved: put its previous files back"
+            elif committed:
+                _remove_folder(aside)
+                outcome = "its new version was saved: kept it"
+            elif record is None and root.exists():
+                shutil.rmtree(root)
+                outcome = "it was never saved: removed its files"
+            else:
+                outcome = "nothing had changed yet"
+            intent.unlink()
+        except OSError as error:
+            _log.error("could not recover the interrupted commit of %s: %s", what, error)
+            return []
+        _log.warning("%s: a crash interrupted the commit of an upload; %s", what, outcome)
+        return [intent.name]
 
     def set_metadata(self, record: ModelRecord, metadata: dict[str, str]) -> None:
         """Replace a model's metadata and save it before the caller acknowledges.
