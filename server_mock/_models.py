@@ -13,23 +13,24 @@ metadata and keeps its id, so catalogs that list it keep listing it. Deleting a 
 it from every catalog and instance. A catalog and an instance are the same thing to the mock:
 a named (by id) set of models, which the real platform loads into an inference server.
 
-Archives are checked before anything is stored: a member that is absolute, climbs out with
-``..``, is a link or a device, or an archive larger than the limits when extracted, refuses
-the upload (``INVALID_MODEL``), and nothing is kept.
+Archives are checked before anything is stored (:mod:`server_mock._model_archive`): a member
+that is absolute, climbs out with ``..``, is a link or a device, or an archive larger than the
+limits when extracted, refuses the upload (``INVALID_MODEL``), and nothing is kept.
 
 An upload is received and extracted in a temporary folder, ``<models>/.uploads/model-*``,
 removed as soon as the upload ends without being stored (:meth:`ModelUpload.abort`). Storing
-it (:meth:`ModelRepository.commit`) takes these steps, each a named failpoint
-(:data:`~server_mock._failpoints.MODEL_COMMIT_FAILPOINTS`)::
+it (:meth:`ModelRepository.commit`) takes these steps; the failpoint after each is named
+(:data:`~server_mock._failpoints.MODEL_COMMIT_FAILPOINTS`):
 
-    1. write the intent ``.uploads/commit-<id>.json`` (the new record's name, type,
-       metadata and size), atomically                            model_commit.intent_written
-    2. a replacement: move the old ``<id>/`` aside to ``.uploads/replaced-<id>/``
-                                                                 model_commit.old_set_aside
-    3. move the new folder to ``<id>/``                         model_commit.new_in_place
-    4. save the record (``on_model_saved``): the commit point    model_commit.saved
-    5. remove ``replaced-<id>/``                                 model_commit.old_removed
-    6. remove the intent
+1. ``model_commit.intent_written``: the intent ``.uploads/commit-<id>.json`` (the new
+   record's name, type, metadata and size) is written whole (a temporary file renamed);
+2. ``model_commit.old_set_aside`` (a replacement only): the old ``<id>/`` is moved to
+   ``.uploads/replaced-<id>/``;
+3. ``model_commit.new_in_place``: the new folder is moved to ``<id>/``;
+4. ``model_commit.saved``: the record is saved (``on_model_saved``), the commit point, as
+   for every change of the state;
+5. ``model_commit.old_removed``: ``replaced-<id>/`` is removed;
+6. the intent is removed.
 
 After a crash, :meth:`ModelRepository.recover_uploads` (at start-up, once the saved records
 are loaded) reads each intent left: when the saved record is the new one, the commit
@@ -43,8 +44,7 @@ resolves a model by name::
 
     files = state.models.find("segmentation_ct_spleen")   # Path of files/, or None
 
-Everything here runs on the mock's event-loop thread except :func:`extract_archive`, which
-callers run in a worker thread.
+Everything here runs on the mock's event-loop thread.
 """
 
 from __future__ import annotations
@@ -54,15 +54,12 @@ import json
 import logging
 import os
 import shutil
-import stat
 import tempfile
-import threading
 import time
 import uuid
-import zipfile
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import BinaryIO, Final
 
 from server_mock._errors import ApiError, ErrorCode
@@ -70,32 +67,21 @@ from server_mock._failpoints import failpoint
 from server_mock._saved_metadata import replace_metadata
 
 __all__ = [
-    "MAX_MODEL_FILES",
-    "MAX_MODEL_FILES_BYTES",
     "MAX_MODEL_NAME_CHARS",
     "CatalogKind",
     "CatalogRecord",
-    "ExtractionStopped",
     "ModelRecord",
     "ModelRepository",
     "ModelType",
     "ModelUpload",
     "check_model_name",
-    "extract_archive",
 ]
 
 MAX_MODEL_NAME_CHARS: Final = 255
 """Longest model name (it names a folder)."""
 
-MAX_MODEL_FILES: Final = 100_000
-"""Most members one model archive may have."""
-
-MAX_MODEL_FILES_BYTES: Final = 64 * 1024**3
-"""Largest extracted content of one model archive, in bytes."""
-
 _ARCHIVE = "model.zip"
 _FILES = "files"
-_COPY_CHUNK = 1024 * 1024
 _UPLOAD_PREFIX = "model-"
 _INTENT_PREFIX = "commit-"
 _INTENT_SUFFIX = ".json"
@@ -190,85 +176,6 @@ def check_model_name(name: str) -> None:
             f"field details.name: model name {shown} must not be '.' or '..' nor contain "
             "'/', '\\' or control characters",
         )
-
-
-def _bad_archive(why: str) -> ApiError:
-    return ApiError(ErrorCode.INVALID_MODEL, f"field data: the model is not a usable zip: {why}")
-
-
-class ExtractionStopped(Exception):
-    """:func:`extract_archive` was asked to stop (its upload was cancelled)."""
-
-
-def extract_archive(archive: Path, destination: Path, stop: threading.Event | None = None) -> None:
-    """Check the zip ``archive`` and extract it into the new folder ``destination``.
-
-    Blocking: run it in a worker thread. On error ``destination`` is removed.
-
-    Args:
-        archive: The uploaded archive.
-        destination: The folder to create and extract into.
-        stop: Set (from another thread) to end the extraction early, within one chunk.
-
-    Raises:
-        ApiError: ``INVALID_MODEL``: not a zip, or a member is unsafe or too large.
-        ExtractionStopped: ``stop`` was set.
-    """
-    if not zipfile.is_zipfile(archive):
-        raise _bad_archive("the data is not a zip archive (upload the model folder zipped)")
-    destination.mkdir(parents=True)
-    try:
-        with zipfile.ZipFile(archive) as zipped:
-            members = zipped.infolist()
-            if len(members) > MAX_MODEL_FILES:
-                raise _bad_archive(f"more than {MAX_MODEL_FILES} members")
-            budget = MAX_MODEL_FILES_BYTES
-            for member in members:
-                budget -= _extract_member(zipped, member, destination, budget, stop)
-    except zipfile.BadZipFile as error:
-        shutil.rmtree(destination, ignore_errors=True)
-        raise _bad_archive(str(error)) from error
-    except BaseException:
-        shutil.rmtree(destination, ignore_errors=True)
-        raise
-
-
-def _extract_member(
-    zipped: zipfile.ZipFile,
-    member: zipfile.ZipInfo,
-    destination: Path,
-    budget: int,
-    stop: threading.Event | None,
-) -> int:
-    """Extract one member (checked); return the bytes written."""
-    name = member.filename
-    parts = PurePosixPath(name.replace("\\", "/")).parts
-    if name.startswith(("/", "\\")) or any(p in ("..", "") for p in parts):
-        raise _bad_archive(f"member {name!r} would be written outside the model's folder")
-    kind = stat.S_IFMT(member.external_attr >> 16)  # 0 when the archiver recorded no type
-    if kind not in (0, stat.S_IFREG, stat.S_IFDIR):
-        raise _bad_archive(f"member {name!r} is a link or a device, not a file")
-    target = destination.joinpath(*parts)
-    if member.is_dir():
-        target.mkdir(parents=True, exist_ok=True)
-        return 0
-    if member.file_size > budget:
-        raise _bad_archive(f"its content is larger than {MAX_MODEL_FILES_BYTES} bytes")
-    written = 0
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        out = open(target, "xb")  # noqa: SIM115 - closed below; "x": a repeated member fails
-    except (FileExistsError, NotADirectoryError, IsADirectoryError):
-        raise _bad_archive(f"member {name!r} clashes with another member") from None
-    with zipped.open(member) as source, out:
-        while chunk := source.read(_COPY_CHUNK):
-            if stop is not None and stop.is_set():
-                raise ExtractionStopped(f"stopped while extracting {name!r}")
-            written += len(chunk)
-            if written > budget:
-                raise _bad_archive(f"its content is larger than {MAX_MODEL_FILES_BYTES} bytes")
-            out.write(chunk)
-    return written
 
 
 class ModelUpload:
@@ -455,14 +362,16 @@ class ModelRepository:
         root, aside, intent = record.root, self._aside(record.model_id), self._intent(record)
         _write_intent(intent, record)
         failpoint("model_commit.intent_written")
+        set_aside = False
         try:
             if root.exists():
                 os.replace(root, aside)
+                set_aside = True
                 failpoint("model_commit.old_set_aside")
             os.replace(upload.folder, root)
             failpoint("model_commit.new_in_place")
         except BaseException:
-            if aside.exists():
+            if set_aside:
                 os.replace(aside, root)
             intent.unlink(missing_ok=True)
             raise
@@ -476,7 +385,7 @@ class ModelRepository:
             else:
                 del self._models[record.model_id]
             os.replace(root, upload.folder)  # upload.abort() removes it
-            if aside.exists():
+            if set_aside:
                 os.replace(aside, root)
             intent.unlink(missing_ok=True)
             raise
@@ -500,19 +409,31 @@ class ModelRepository:
         Call at start-up, once the saved records are loaded and before any upload runs: every
         entry of the temporary folder then belongs to a dead upload. For each intent file the
         rule of the module's docstring applies (the saved record decides); everything else
-        there (uploads received or extracted but never committed) is removed. Each step is
-        logged.
+        there (uploads received or extracted but never committed) is removed, except that an
+        old folder set aside is never removed while its model has no folder: it is put back.
+        What cannot be recovered is kept and logged as an error. Each step is logged.
 
         Returns:
-            The names of the entries of the temporary folder that were removed or restored.
+            The names of the entries of the temporary folder that were handled (removed,
+            put back, or the intent of a commit finished or undone).
         """
         handled: list[str] = []
         if not self._temp_dir.is_dir():
             return handled
+        kept: set[str] = set()
         for intent in sorted(self._temp_dir.glob(f"{_INTENT_PREFIX}*{_INTENT_SUFFIX}")):
-            handled.extend(self._recover_commit(intent))
+            if self._recover_commit(intent):
+                handled.append(intent.name)
+            else:
+                model_hex = intent.name.removeprefix(_INTENT_PREFIX).removesuffix(_INTENT_SUFFIX)
+                kept.update((intent.name, f"{_ASIDE_PREFIX}{model_hex}"))
         for entry in sorted(self._temp_dir.iterdir()):
+            if entry.name in kept:
+                continue
             try:
+                if entry.name.startswith(_ASIDE_PREFIX) and self._put_back(entry):
+                    handled.append(entry.name)
+                    continue
                 size = _size_of(entry)
                 _remove_entry(entry)
             except OSError as error:
@@ -527,17 +448,38 @@ class ModelRepository:
             handled.append(entry.name)
         return handled
 
-    def _recover_commit(self, intent: Path) -> list[str]:
-        """Apply the recovery rule to one intent file; return the entries it handled."""
-        hex_id = intent.name.removeprefix(_INTENT_PREFIX).removesuffix(_INTENT_SUFFIX)
+    def _put_back(self, aside: Path) -> bool:
+        """Put a model's old folder back when the model has no folder; whether it did."""
         try:
-            model_id = uuid.UUID(hex=hex_id)
+            model_id = uuid.UUID(hex=aside.name.removeprefix(_ASIDE_PREFIX))
+        except ValueError:
+            return False  # not a folder this code set aside: a leftover
+        root = self.root / model_id.hex
+        if root.exists():
+            return False  # the old copy of a replacement that was saved
+        os.replace(aside, root)
+        _log.warning(
+            "model %s had no folder: put back its files set aside at %s", model_id.hex, aside
+        )
+        return True
+
+    def _recover_commit(self, intent: Path) -> bool:
+        """Apply the recovery rule to one intent file; whether it could."""
+        try:
+            model_id = uuid.UUID(
+                hex=intent.name.removeprefix(_INTENT_PREFIX).removesuffix(_INTENT_SUFFIX)
+            )
             wanted = json.loads(intent.read_text(encoding="utf-8"))
         except (OSError, ValueError) as error:
-            # Not one this code wrote (intents are written whole, then renamed): the sweep
-            # that follows removes it; any replaced-* folder is then handled as a leftover.
-            _log.error("model commit intent %s is unreadable, so ignored: %s", intent, error)
-            return []
+            # Intents are written whole, then renamed: this is not one of ours, or the disk
+            # lies. Without it the right version cannot be told, so nothing is touched.
+            _log.error(
+                "model commit intent %s is unreadable: %s; it and any folder it set aside are "
+                "kept, for someone to check",
+                intent,
+                error,
+            )
+            return False
         record = self._models.get(model_id)
         committed = record is not None and _intent_fields(record) == wanted
         root, aside = self.root / model_id.hex, self._aside(model_id)
@@ -560,10 +502,15 @@ class ModelRepository:
                 outcome = "nothing had changed yet"
             intent.unlink()
         except OSError as error:
-            _log.error("could not recover the interrupted commit of %s: %s", what, error)
-            return []
+            _log.error(
+                "could not recover the interrupted commit of %s: %s; its intent and any "
+                "folder it set aside are kept (the next start retries)",
+                what,
+                error,
+            )
+            return False
         _log.warning("%s: a crash interrupted the commit of an upload; %s", what, outcome)
-        return [intent.name]
+        return True
 
     def set_metadata(self, record: ModelRecord, metadata: dict[str, str]) -> None:
         """Replace a model's metadata and save it before the caller acknowledges.

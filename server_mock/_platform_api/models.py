@@ -18,14 +18,8 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import ClassVar, Final, TypeVar
 
 from server_mock._errors import ApiError, ErrorCode, StorageError
-from server_mock._models import (
-    CatalogKind,
-    CatalogRecord,
-    ModelRecord,
-    ModelType,
-    ModelUpload,
-    extract_archive,
-)
+from server_mock._model_archive import extract_archive
+from server_mock._models import CatalogKind, CatalogRecord, ModelRecord, ModelType, ModelUpload
 from server_mock._payloads import CHUNK_SIZE
 from server_mock._platform_api.convert import identifier, parse_identifier, show
 from server_mock._platform_api.limits import DEFAULT_MAX_UPLOAD_BYTES
