@@ -4,8 +4,10 @@
 makes :func:`failpoint` kill that process with SIGKILL (no shutdown code, no ``finally``: a
 crash) the first time execution reaches ``name``, or the ``N``-th time with ``name@N`` (e.g.
 the launch of a job's second operator). Without the variable a failpoint costs one lookup in
-an empty set. The crash tests (tests/reliability/test_start_crash.py) kill ``serve --state``
-at each of :data:`START_FAILPOINTS` in turn and check what a restart makes of the job.
+an empty set. The crash tests kill ``serve --state`` at each of :data:`START_FAILPOINTS` in
+turn and check what a restart makes of the job (tests/reliability/test_start_crash.py), and
+at each of :data:`MODEL_COMMIT_FAILPOINTS` and check the model a restart finds
+(tests/reliability/test_model_upload_faults.py).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import os
 import signal
 
-__all__ = ["ENV_FAILPOINTS", "START_FAILPOINTS", "failpoint"]
+__all__ = ["ENV_FAILPOINTS", "MODEL_COMMIT_FAILPOINTS", "START_FAILPOINTS", "failpoint"]
 
 ENV_FAILPOINTS = "CLARA_MOCK_FAILPOINTS"
 
@@ -26,6 +28,15 @@ START_FAILPOINTS = (
     "start.spawned",  # its process runs; its pid and start time are not saved yet
     "start.pid_recorded",  # its pid and start time are saved
     "start.launched",  # every operator launched; Jobs.Start not answered yet
+)
+
+#: Every step of storing an uploaded model (``ModelRepository.commit``), in order.
+MODEL_COMMIT_FAILPOINTS = (
+    "model_commit.intent_written",  # the intent file is written; nothing moved yet
+    "model_commit.old_set_aside",  # a replacement: the old folder is in .uploads/replaced-<id>
+    "model_commit.new_in_place",  # the new folder is the model's; its record is not saved
+    "model_commit.saved",  # the new record is saved (committed); the old folder is still there
+    "model_commit.old_removed",  # the old folder is removed; the intent file not yet
 )
 
 

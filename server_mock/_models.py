@@ -13,40 +13,60 @@ metadata and keeps its id, so catalogs that list it keep listing it. Deleting a 
 it from every catalog and instance. A catalog and an instance are the same thing to the mock:
 a named (by id) set of models, which the real platform loads into an inference server.
 
-Archives are checked before anything is stored: a member that is absolute, climbs out with
-``..``, is a link or a device, or an archive larger than the limits when extracted, refuses
-the upload (``INVALID_MODEL``), and nothing is kept.
+Archives are checked before anything is stored (:mod:`server_mock._model_archive`): a member
+that is absolute, climbs out with ``..``, is a link or a device, or an archive larger than the
+limits when extracted, refuses the upload (``INVALID_MODEL``), and nothing is kept.
+
+An upload is received and extracted in a temporary folder, ``<models>/.uploads/model-*``,
+removed as soon as the upload ends without being stored (:meth:`ModelUpload.abort`). Storing
+it (:meth:`ModelRepository.commit`) takes these steps; the failpoint after each is named
+(:data:`~server_mock._failpoints.MODEL_COMMIT_FAILPOINTS`):
+
+1. ``model_commit.intent_written``: the intent ``.uploads/commit-<id>.json`` (the new
+   record's name, type, metadata and size) is written whole (a temporary file renamed);
+2. ``model_commit.old_set_aside`` (a replacement only): the old ``<id>/`` is moved to
+   ``.uploads/replaced-<id>/``;
+3. ``model_commit.new_in_place``: the new folder is moved to ``<id>/``;
+4. ``model_commit.saved``: the record is saved (``on_model_saved``), the commit point, as
+   for every change of the state;
+5. ``model_commit.old_removed``: ``replaced-<id>/`` is removed;
+6. the intent is removed.
+
+After a crash, :meth:`ModelRepository.recover_uploads` (at start-up, once the saved records
+are loaded) reads each intent left: when the saved record is the new one, the commit
+happened, so the new folder is kept and the old copy dropped; otherwise the old folder is
+put back (or, for a model that had none, the new folder removed). Either way the model is
+the old one or the new one, complete, with a record that describes it. Then every other
+leftover of ``.uploads/`` is removed.
 
 For the platform (operator ``models:`` at ``Jobs.Start``), :meth:`ModelRepository.find`
 resolves a model by name::
 
     files = state.models.find("segmentation_ct_spleen")   # Path of files/, or None
 
-Everything here runs on the mock's event-loop thread except :func:`extract_archive`, which
-callers run in a worker thread.
+Everything here runs on the mock's event-loop thread.
 """
 
 from __future__ import annotations
 
 import enum
+import json
+import logging
 import os
 import shutil
-import stat
 import tempfile
 import time
 import uuid
-import zipfile
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import BinaryIO, Final
 
 from server_mock._errors import ApiError, ErrorCode
+from server_mock._failpoints import failpoint
 from server_mock._saved_metadata import replace_metadata
 
 __all__ = [
-    "MAX_MODEL_FILES",
-    "MAX_MODEL_FILES_BYTES",
     "MAX_MODEL_NAME_CHARS",
     "CatalogKind",
     "CatalogRecord",
@@ -55,21 +75,19 @@ __all__ = [
     "ModelType",
     "ModelUpload",
     "check_model_name",
-    "extract_archive",
 ]
 
 MAX_MODEL_NAME_CHARS: Final = 255
 """Longest model name (it names a folder)."""
 
-MAX_MODEL_FILES: Final = 100_000
-"""Most members one model archive may have."""
-
-MAX_MODEL_FILES_BYTES: Final = 64 * 1024**3
-"""Largest extracted content of one model archive, in bytes."""
-
 _ARCHIVE = "model.zip"
 _FILES = "files"
-_COPY_CHUNK = 1024 * 1024
+_UPLOAD_PREFIX = "model-"
+_INTENT_PREFIX = "commit-"
+_INTENT_SUFFIX = ".json"
+_ASIDE_PREFIX = "replaced-"
+
+_log = logging.getLogger("server_mock.models")
 
 
 class ModelType(enum.Enum):
@@ -160,69 +178,6 @@ def check_model_name(name: str) -> None:
         )
 
 
-def _bad_archive(why: str) -> ApiError:
-    return ApiError(ErrorCode.INVALID_MODEL, f"field data: the model is not a usable zip: {why}")
-
-
-def extract_archive(archive: Path, destination: Path) -> None:
-    """Check the zip ``archive`` and extract it into the new folder ``destination``.
-
-    Blocking: run it in a worker thread. On error ``destination`` is removed.
-
-    Raises:
-        ApiError: ``INVALID_MODEL``: not a zip, or a member is unsafe or too large.
-    """
-    if not zipfile.is_zipfile(archive):
-        raise _bad_archive("the data is not a zip archive (upload the model folder zipped)")
-    destination.mkdir(parents=True)
-    try:
-        with zipfile.ZipFile(archive) as zipped:
-            members = zipped.infolist()
-            if len(members) > MAX_MODEL_FILES:
-                raise _bad_archive(f"more than {MAX_MODEL_FILES} members")
-            budget = MAX_MODEL_FILES_BYTES
-            for member in members:
-                budget -= _extract_member(zipped, member, destination, budget)
-    except zipfile.BadZipFile as error:
-        shutil.rmtree(destination, ignore_errors=True)
-        raise _bad_archive(str(error)) from error
-    except BaseException:
-        shutil.rmtree(destination, ignore_errors=True)
-        raise
-
-
-def _extract_member(
-    zipped: zipfile.ZipFile, member: zipfile.ZipInfo, destination: Path, budget: int
-) -> int:
-    """Extract one member (checked); return the bytes written."""
-    name = member.filename
-    parts = PurePosixPath(name.replace("\\", "/")).parts
-    if name.startswith(("/", "\\")) or any(p in ("..", "") for p in parts):
-        raise _bad_archive(f"member {name!r} would be written outside the model's folder")
-    kind = stat.S_IFMT(member.external_attr >> 16)  # 0 when the archiver recorded no type
-    if kind not in (0, stat.S_IFREG, stat.S_IFDIR):
-        raise _bad_archive(f"member {name!r} is a link or a device, not a file")
-    target = destination.joinpath(*parts)
-    if member.is_dir():
-        target.mkdir(parents=True, exist_ok=True)
-        return 0
-    if member.file_size > budget:
-        raise _bad_archive(f"its content is larger than {MAX_MODEL_FILES_BYTES} bytes")
-    written = 0
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        out = open(target, "xb")  # noqa: SIM115 - closed below; "x": a repeated member fails
-    except (FileExistsError, NotADirectoryError, IsADirectoryError):
-        raise _bad_archive(f"member {name!r} clashes with another member") from None
-    with zipped.open(member) as source, out:
-        while chunk := source.read(_COPY_CHUNK):
-            written += len(chunk)
-            if written > budget:
-                raise _bad_archive(f"its content is larger than {MAX_MODEL_FILES_BYTES} bytes")
-            out.write(chunk)
-    return written
-
-
 class ModelUpload:
     """One model being uploaded: chunks go to a temporary file until the last one.
 
@@ -231,13 +186,15 @@ class ModelUpload:
 
     Attributes:
         name: The model's name.
+        folder: The temporary folder (the archive, and its content once extracted).
+        archive: The archive being received, in ``folder``.
         size: Bytes received so far.
     """
 
     def __init__(self, name: str, temp_dir: Path) -> None:
         self.name = name
         temp_dir.mkdir(parents=True, exist_ok=True)
-        self.folder = Path(tempfile.mkdtemp(dir=temp_dir, prefix="model-"))
+        self.folder = Path(tempfile.mkdtemp(dir=temp_dir, prefix=_UPLOAD_PREFIX))
         self.archive = self.folder / _ARCHIVE
         self._file: BinaryIO | None = open(self.archive, "wb")  # noqa: SIM115 - closed in close()
         self.size = 0
@@ -255,10 +212,58 @@ class ModelUpload:
             self._file.close()
             self._file = None
 
-    def abort(self) -> None:
-        """Drop whatever the upload left in its temporary folder (idempotent)."""
+    def abort(self) -> bool:
+        """Drop the temporary folder (idempotent); return whether there was one to remove.
+
+        After a commit the folder is the model's and is gone from here: nothing to remove.
+        """
         self.close()
+        if not self.folder.exists():
+            return False
         shutil.rmtree(self.folder, ignore_errors=True)
+        return True
+
+
+def _intent_fields(record: ModelRecord) -> dict[str, object]:
+    """What an intent file says of the record a commit saves (and recovery compares)."""
+    return {
+        "name": record.name,
+        "type": record.type.value,
+        "metadata": dict(record.metadata),
+        "size": record.size,
+    }
+
+
+def _write_intent(path: Path, record: ModelRecord) -> None:
+    """Write the intent file whole (a temporary file renamed over it)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(path.name + ".tmp")
+    temp.write_text(json.dumps(_intent_fields(record)), encoding="utf-8")
+    os.replace(temp, path)
+
+
+def _remove_folder(folder: Path) -> None:
+    """Remove ``folder`` if it exists, logging (not raising) a failure."""
+    if not folder.exists():
+        return
+    try:
+        shutil.rmtree(folder)
+    except OSError as error:
+        _log.error("could not remove %s (the next start retries): %s", folder, error)
+
+
+def _remove_entry(entry: Path) -> None:
+    if entry.is_dir() and not entry.is_symlink():
+        shutil.rmtree(entry)
+    else:
+        entry.unlink()
+
+
+def _size_of(entry: Path) -> int:
+    """Bytes in ``entry`` (a file, or a folder's files), for the log."""
+    if not entry.is_dir() or entry.is_symlink():
+        return entry.lstat().st_size
+    return sum(p.lstat().st_size for p in entry.rglob("*") if not p.is_dir())
 
 
 class ModelRepository:
@@ -337,48 +342,175 @@ class ModelRepository:
     ) -> ModelRecord:
         """Store an upload whose archive was extracted into ``upload.folder / "files"``.
 
-        A model with the same name (case-insensitively) is replaced and keeps its id.
+        A model with the same name (case-insensitively) is replaced and keeps its id. The
+        steps, and what a crash between them leaves, are in the module's docstring.
 
         Raises:
             OSError: Moving the files into place failed (nothing changed).
         """
         existing = self.named(upload.name)
         model_id = existing.model_id if existing is not None else uuid.uuid4()
-        root = self.root / model_id.hex
-        self.root.mkdir(parents=True, exist_ok=True)
-        previous = self._temp_dir / f"replaced-{uuid.uuid4().hex}"
-        if root.exists():
-            os.replace(root, previous)
-        try:
-            os.replace(upload.folder, root)
-        except BaseException:
-            if previous.exists():
-                os.replace(previous, root)
-            raise
         record = ModelRecord(
             model_id=model_id,
             name=upload.name,
             type=model_type,
-            root=root,
+            root=self.root / model_id.hex,
             metadata=dict(metadata),
             size=upload.size,
             created_at=existing.created_at if existing is not None else time.time(),
         )
-        self._models[model_id] = record
+        root, aside, intent = record.root, self._aside(record.model_id), self._intent(record)
+        _write_intent(intent, record)
+        failpoint("model_commit.intent_written")
+        set_aside = False
+        try:
+            if root.exists():
+                os.replace(root, aside)
+                set_aside = True
+                failpoint("model_commit.old_set_aside")
+            os.replace(upload.folder, root)
+            failpoint("model_commit.new_in_place")
+        except BaseException:
+            if set_aside:
+                os.replace(aside, root)
+            intent.unlink(missing_ok=True)
+            raise
+        self._models[record.model_id] = record
         try:
             if self.on_model_saved is not None:
                 self.on_model_saved(record)
         except BaseException:
             if existing is not None:
-                self._models[model_id] = existing
+                self._models[record.model_id] = existing
             else:
-                del self._models[model_id]
+                del self._models[record.model_id]
             os.replace(root, upload.folder)  # upload.abort() removes it
-            if previous.exists():
-                os.replace(previous, root)
+            if set_aside:
+                os.replace(aside, root)
+            intent.unlink(missing_ok=True)
             raise
-        shutil.rmtree(previous, ignore_errors=True)
+        failpoint("model_commit.saved")
+        _remove_folder(aside)
+        failpoint("model_commit.old_removed")
+        intent.unlink(missing_ok=True)
         return record
+
+    def _aside(self, model_id: uuid.UUID) -> Path:
+        """Where a replaced model's old folder waits until the new one is saved."""
+        return self._temp_dir / f"{_ASIDE_PREFIX}{model_id.hex}"
+
+    def _intent(self, record: ModelRecord) -> Path:
+        """The intent file of a commit of ``record``'s model."""
+        return self._temp_dir / f"{_INTENT_PREFIX}{record.model_id.hex}{_INTENT_SUFFIX}"
+
+    def recover_uploads(self) -> list[str]:
+        """Finish or undo the commits a crash interrupted, then remove every partial upload.
+
+        Call at start-up, once the saved records are loaded and before any upload runs: every
+        entry of the temporary folder then belongs to a dead upload. For each intent file the
+        rule of the module's docstring applies (the saved record decides); everything else
+        there (uploads received or extracted but never committed) is removed, except that an
+        old folder set aside is never removed while its model has no folder: it is put back.
+        What cannot be recovered is kept and logged as an error. Each step is logged.
+
+        Returns:
+            The names of the entries of the temporary folder that were handled (removed,
+            put back, or the intent of a commit finished or undone).
+        """
+        handled: list[str] = []
+        if not self._temp_dir.is_dir():
+            return handled
+        kept: set[str] = set()
+        for intent in sorted(self._temp_dir.glob(f"{_INTENT_PREFIX}*{_INTENT_SUFFIX}")):
+            if self._recover_commit(intent):
+                handled.append(intent.name)
+            else:
+                model_hex = intent.name.removeprefix(_INTENT_PREFIX).removesuffix(_INTENT_SUFFIX)
+                kept.update((intent.name, f"{_ASIDE_PREFIX}{model_hex}"))
+        for entry in sorted(self._temp_dir.iterdir()):
+            if entry.name in kept:
+                continue
+            try:
+                if entry.name.startswith(_ASIDE_PREFIX) and self._put_back(entry):
+                    handled.append(entry.name)
+                    continue
+                size = _size_of(entry)
+                _remove_entry(entry)
+            except OSError as error:
+                _log.error("could not remove the partial model upload %s: %s", entry, error)
+                continue
+            _log.warning(
+                "removed partial upload %s (%d bytes): a model upload that never ended, left "
+                "by an earlier run",
+                entry,
+                size,
+            )
+            handled.append(entry.name)
+        return handled
+
+    def _put_back(self, aside: Path) -> bool:
+        """Put a model's old folder back when the model has no folder; whether it did."""
+        try:
+            model_id = uuid.UUID(hex=aside.name.removeprefix(_ASIDE_PREFIX))
+        except ValueError:
+            return False  # not a folder this code set aside: a leftover
+        root = self.root / model_id.hex
+        if root.exists():
+            return False  # the old copy of a replacement that was saved
+        os.replace(aside, root)
+        _log.warning(
+            "model %s had no folder: put back its files set aside at %s", model_id.hex, aside
+        )
+        return True
+
+    def _recover_commit(self, intent: Path) -> bool:
+        """Apply the recovery rule to one intent file; whether it could."""
+        try:
+            model_id = uuid.UUID(
+                hex=intent.name.removeprefix(_INTENT_PREFIX).removesuffix(_INTENT_SUFFIX)
+            )
+            wanted = json.loads(intent.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as error:
+            # Intents are written whole, then renamed: this is not one of ours, or the disk
+            # lies. Without it the right version cannot be told, so nothing is touched.
+            _log.error(
+                "model commit intent %s is unreadable: %s; it and any folder it set aside are "
+                "kept, for someone to check",
+                intent,
+                error,
+            )
+            return False
+        record = self._models.get(model_id)
+        committed = record is not None and _intent_fields(record) == wanted
+        root, aside = self.root / model_id.hex, self._aside(model_id)
+        what = f"model {model_id.hex}"
+        if isinstance(wanted, dict) and "name" in wanted:
+            what += f" ({wanted['name']!r})"
+        try:
+            if aside.exists() and not (committed and root.exists()):
+                if root.exists():
+                    shutil.rmtree(root)
+                os.replace(aside, root)
+                outcome = "its new version was not saved: put its previous files back"
+            elif committed:
+                _remove_folder(aside)
+                outcome = "its new version was saved: kept it"
+            elif record is None and root.exists():
+                shutil.rmtree(root)
+                outcome = "it was never saved: removed its files"
+            else:
+                outcome = "nothing had changed yet"
+            intent.unlink()
+        except OSError as error:
+            _log.error(
+                "could not recover the interrupted commit of %s: %s; its intent and any "
+                "folder it set aside are kept (the next start retries)",
+                what,
+                error,
+            )
+            return False
+        _log.warning("%s: a crash interrupted the commit of an upload; %s", what, outcome)
+        return True
 
     def set_metadata(self, record: ModelRecord, metadata: dict[str, str]) -> None:
         """Replace a model's metadata and save it before the caller acknowledges.

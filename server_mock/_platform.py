@@ -276,6 +276,7 @@ class MockPlatform:
             self.call(self.state.payloads.remove_partial_uploads)  # a crash's leftovers
             resuming = self._state_path is not None and not self._state_loaded
             self.call(self._open_state)
+            self.call(self.state.models.recover_uploads)  # after the load: the records decide
             self._port = self.call_async(lambda: self._start_server(resuming))
         except BaseException:
             self._port = None

@@ -12,24 +12,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import ClassVar, Final, TypeVar
 
-from server_mock._errors import ApiError, ErrorCode
-from server_mock._models import (
-    CatalogKind,
-    CatalogRecord,
-    ModelRecord,
-    ModelType,
-    ModelUpload,
-    extract_archive,
-)
+from server_mock._errors import ApiError, ErrorCode, StorageError
+from server_mock._model_archive import extract_archive
+from server_mock._models import CatalogKind, CatalogRecord, ModelRecord, ModelType, ModelUpload
 from server_mock._payloads import CHUNK_SIZE
 from server_mock._platform_api.convert import identifier, parse_identifier, show
 from server_mock._platform_api.limits import DEFAULT_MAX_UPLOAD_BYTES
 from server_mock._platform_api.metadata import edit_metadata
 from server_mock._platform_api.responses import Context, ok, streaming_rpc, unary_rpc
+from server_mock._platform_api.streams import client_finished
 from server_mock._platform_state import PlatformState
 from server_mock._proto.nvidia.clara.platform import common_pb2, models_pb2, models_pb2_grpc
 
@@ -85,6 +81,43 @@ def _model_type(value: int) -> ModelType:
         ) from None
 
 
+async def _extract(upload: ModelUpload) -> None:
+    """Extract the upload's archive into ``upload.folder / "files"`` in a worker thread.
+
+    A cancellation stops the extraction and waits for the thread to end (within one chunk)
+    before it propagates, so the caller's clean-up never races a thread still writing there.
+    """
+    stop = threading.Event()
+    extraction = asyncio.ensure_future(
+        asyncio.to_thread(extract_archive, upload.archive, upload.folder / "files", stop)
+    )
+    try:
+        await asyncio.shield(extraction)
+    except asyncio.CancelledError:
+        stop.set()
+        while not extraction.done():
+            try:
+                await asyncio.wait([extraction])
+            except asyncio.CancelledError:
+                continue  # cancelled again (the server stopping): still wait for the thread
+        if not extraction.cancelled():
+            extraction.exception()  # retrieved: the thread's ExtractionStopped is expected
+        raise
+
+
+def _end(upload: ModelUpload, ended: str) -> None:
+    """Drop ``upload``'s temporary folder; log it when the upload ended without its model."""
+    removed = upload.abort()
+    if ended:
+        _log.info(
+            "Models.UploadModel of model %s ended without storing it (%s, after %d bytes); %s",
+            show(upload.name),
+            ended,
+            upload.size,
+            f"removed its temporary folder {upload.folder}" if removed else "no temporary folder",
+        )
+
+
 class ModelsService(models_pb2_grpc.ModelsServicer):
     """``nvidia.clara.platform.Models`` over :attr:`PlatformState.models`.
 
@@ -115,13 +148,18 @@ class ModelsService(models_pb2_grpc.ModelsServicer):
         """Store a model (replacing one of the same name); it appears only once complete.
 
         The first chunk's ``details`` name the model and give its type and metadata; later
-        chunks may repeat them (the published client does) but not change the name.
+        chunks may repeat them (the published client does) but not change the name. An
+        upload that ends without its model (refused, cancelled, its connection lost, the
+        server stopping) removes its temporary folder before the call ends, and says so in
+        the log.
         """
         upload: ModelUpload | None = None
+        ended = "it failed unexpectedly"
         try:
             model_type = ModelType.UNKNOWN
             metadata: dict[str, str] = {}
             async for request in request_iterator:
+                first = upload is None
                 if upload is None:
                     model_type = _model_type(request.details.type)
                     metadata = edit_metadata(
@@ -143,22 +181,44 @@ class ModelsService(models_pb2_grpc.ModelsServicer):
                         f"limit of {self._max_upload_bytes} bytes",
                     )
                 upload.write(request.data)
+                if first:
+                    _log.info(
+                        "Models.UploadModel: receiving model %s into %s (first chunk, %d "
+                        "bytes, written)",
+                        show(upload.name),
+                        upload.folder,
+                        upload.size,
+                    )
             if upload is None:
                 raise ApiError(
                     ErrorCode.INVALID_MODEL,
                     "field details: the upload carried no chunk, so no model name",
                 )
             upload.close()
-            await asyncio.to_thread(extract_archive, upload.archive, upload.folder / "files")
+            if not await client_finished(context):
+                ended = "the client went away before the end of its stream"
+                return models_pb2.ModelsUploadModelResponse(header=ok())  # nobody reads it
+            await _extract(upload)
             record = self._state.models.commit(upload, model_type, metadata)
+            ended = ""
+        except asyncio.CancelledError:
+            ended = "cancelled: by the client, a lost connection or the server stopping"
+            raise
+        except ApiError as error:
+            ended = f"refused: {error}"
+            raise
+        except StorageError as error:
+            ended = f"not saved: {error}"
+            raise
         except OSError as error:  # e.g. the disk is full
+            ended = f"failed: {error}"
             _log.exception("Models.UploadModel failed")
             raise ApiError(
                 ErrorCode.INTERNAL, f"the mock could not store the model: {error}"
             ) from error
         finally:
             if upload is not None:
-                upload.abort()
+                _end(upload, ended)
         _log.info("model %s (%s) stored", record.model_id.hex, record.name)
         return models_pb2.ModelsUploadModelResponse(header=ok(), details=_details(record))
 

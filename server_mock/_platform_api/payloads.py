@@ -15,6 +15,7 @@ from server_mock._platform_api.convert import identifier, parse_identifier, payl
 from server_mock._platform_api.limits import DEFAULT_MAX_UPLOAD_BYTES
 from server_mock._platform_api.metadata import edit_metadata
 from server_mock._platform_api.responses import Context, ok, streaming_rpc, unary_rpc
+from server_mock._platform_api.streams import client_finished
 from server_mock._platform_state import PlatformState
 from server_mock._proto.nvidia.clara.platform import common_pb2, payloads_pb2, payloads_pb2_grpc
 
@@ -47,21 +48,6 @@ def _reusable(record: PayloadRecord) -> str:
             "metadata",
         )
     return owner
-
-
-async def _client_finished(context: Context) -> bool:
-    """Whether the client ended its request stream itself (rather than going away).
-
-    gRPC ends the request iterator alike when the client half-closes its stream and when the
-    call is cancelled or its connection lost, and the cancellation may reach the handler only
-    later. By then the call is closed in gRPC's core, so any operation on it fails: sending
-    the (empty) initial metadata tells the two apart before anything is committed.
-    """
-    try:
-        await context.send_initial_metadata(())
-    except Exception:  # grpc.aio's internal ExecuteBatchError: the call is over
-        return False
-    return True
 
 
 def _end(upload: FileUpload, ended: str) -> None:
@@ -186,7 +172,7 @@ class PayloadsService(payloads_pb2_grpc.PayloadsServicer):
                     "stored (an empty file is uploaded as one message without data)"
                 )
                 return payloads_pb2.PayloadsUploadResponse(header=ok())
-            if not await _client_finished(context):
+            if not await client_finished(context):
                 ended = "the client went away before the end of its stream"
                 return payloads_pb2.PayloadsUploadResponse(header=ok())  # nobody reads it
             # The payload may have been deleted, or its job started, while the chunks came in.

@@ -59,3 +59,22 @@ def test_readme_links_the_docs_and_the_plugin_example() -> None:
         assert f"docs/{page}.md" in readme, page
         assert (DOCS / f"{page}.md").is_file(), page
     assert "clara_stage_runner" in readme and "clara_pipeline_runner" in readme
+
+
+def test_every_test_the_reliability_fault_table_names_exists() -> None:
+    """docs/reliability.md's fault table points at tests: each must be there, by that name."""
+    text = (ROOT / "docs" / "reliability.md").read_text()
+    table = text.split("### Every fault, what happens, and the test that shows it", 1)[1]
+    cited = re.findall(r"`((?:tests/[\w/]+/)?test_\w+\.py)(?:::(test_\w+)(\*)?)?`", table)
+    assert len(cited) > 20, "the fault table cites no tests"
+    missing = []
+    for path, name, wildcard in cited:
+        file = ROOT / path if path.startswith("tests/") else ROOT / "tests" / "reliability" / path
+        if not file.is_file():
+            missing.append(path)
+            continue
+        if name:
+            pattern = rf"^def {name}\w*\(" if wildcard else rf"^def {name}\("
+            if not re.search(pattern, file.read_text(), re.MULTILINE):
+                missing.append(f"{path}::{name}{wildcard}")
+    assert not missing, f"docs/reliability.md names tests that do not exist: {missing}"

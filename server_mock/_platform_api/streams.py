@@ -1,0 +1,35 @@
+"""Client-streaming calls: telling a request stream the client finished from one it abandoned.
+
+gRPC ends the request iterator of a client-streaming handler alike when the client
+half-closes its stream (it sent everything) and when the call is cancelled or its connection
+is lost, and the cancellation may reach the handler only later. A handler that stores what
+the stream carried (``Payloads.Upload``, ``Models.UploadModel``) asks :func:`client_finished`
+before it commits anything.
+"""
+
+from __future__ import annotations
+
+from server_mock._platform_api.responses import Context
+
+__all__ = ["client_finished"]
+
+
+async def client_finished(context: Context) -> bool:
+    """Whether the client ended its request stream itself (rather than going away).
+
+    Once the call is cancelled or its connection lost, the call is closed in gRPC's core and
+    any operation on it fails: sending the (empty) initial metadata tells the two apart. Call
+    it once per call, after the request stream ended and before anything is committed.
+
+    Args:
+        context: The call's context.
+
+    Returns:
+        True when the call is still open (the client half-closed its stream); False when it
+        is over (cancelled, or its connection lost).
+    """
+    try:
+        await context.send_initial_metadata(())
+    except Exception:  # grpc.aio's internal ExecuteBatchError: the call is over
+        return False
+    return True
