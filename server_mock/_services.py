@@ -346,7 +346,7 @@ class ServiceLauncher:
 
         The operators adopted still call the addresses they were given, so each service gets
         the ports it had (``ports``, saved with the job), and is ready before they are
-        adopted. The caller fails the job's unfinished stages when this raises.
+        adopted. When this raises, the caller fails the stages it adopts or would launch.
 
         Returns:
             The services started (none when the job declares none).
