@@ -17,7 +17,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import ClassVar, Final, TypeVar
 
-from server_mock._errors import ApiError, ErrorCode, StorageError
+from server_mock._errors import ApiError, ErrorCode
 from server_mock._model_archive import extract_archive
 from server_mock._models import CatalogKind, CatalogRecord, ModelRecord, ModelType, ModelUpload
 from server_mock._payloads import CHUNK_SIZE
@@ -25,7 +25,7 @@ from server_mock._platform_api.convert import identifier, parse_identifier, show
 from server_mock._platform_api.limits import DEFAULT_MAX_UPLOAD_BYTES
 from server_mock._platform_api.metadata import edit_metadata
 from server_mock._platform_api.responses import Context, ok, streaming_rpc, unary_rpc
-from server_mock._platform_api.streams import client_finished
+from server_mock._platform_api.streams import CLIENT_WENT_AWAY, client_finished, why_it_ended
 from server_mock._platform_state import PlatformState
 from server_mock._proto.nvidia.clara.platform import common_pb2, models_pb2, models_pb2_grpc
 
@@ -196,26 +196,20 @@ class ModelsService(models_pb2_grpc.ModelsServicer):
                 )
             upload.close()
             if not await client_finished(context):
-                ended = "the client went away before the end of its stream"
+                ended = CLIENT_WENT_AWAY
                 return models_pb2.ModelsUploadModelResponse(header=ok())  # nobody reads it
             await _extract(upload)
             record = self._state.models.commit(upload, model_type, metadata)
             ended = ""
-        except asyncio.CancelledError:
-            ended = "cancelled: by the client, a lost connection or the server stopping"
-            raise
-        except ApiError as error:
-            ended = f"refused: {error}"
-            raise
-        except StorageError as error:
-            ended = f"not saved: {error}"
-            raise
         except OSError as error:  # e.g. the disk is full
-            ended = f"failed: {error}"
+            ended = why_it_ended(error)
             _log.exception("Models.UploadModel failed")
             raise ApiError(
                 ErrorCode.INTERNAL, f"the mock could not store the model: {error}"
             ) from error
+        except BaseException as error:  # refused, cancelled, not saved: logged, then raised
+            ended = why_it_ended(error)
+            raise
         finally:
             if upload is not None:
                 _end(upload, ended)

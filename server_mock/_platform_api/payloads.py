@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import uuid
 from collections.abc import AsyncIterator
@@ -15,7 +14,7 @@ from server_mock._platform_api.convert import identifier, parse_identifier, payl
 from server_mock._platform_api.limits import DEFAULT_MAX_UPLOAD_BYTES
 from server_mock._platform_api.metadata import edit_metadata
 from server_mock._platform_api.responses import Context, ok, streaming_rpc, unary_rpc
-from server_mock._platform_api.streams import client_finished
+from server_mock._platform_api.streams import CLIENT_WENT_AWAY, client_finished, why_it_ended
 from server_mock._platform_state import PlatformState
 from server_mock._proto.nvidia.clara.platform import common_pb2, payloads_pb2, payloads_pb2_grpc
 
@@ -173,7 +172,7 @@ class PayloadsService(payloads_pb2_grpc.PayloadsServicer):
                 )
                 return payloads_pb2.PayloadsUploadResponse(header=ok())
             if not await client_finished(context):
-                ended = "the client went away before the end of its stream"
+                ended = CLIENT_WENT_AWAY
                 return payloads_pb2.PayloadsUploadResponse(header=ok())  # nobody reads it
             # The payload may have been deleted, or its job started, while the chunks came in.
             if self._state.payloads.get(payload_id) is not upload.record:
@@ -181,18 +180,15 @@ class PayloadsService(payloads_pb2_grpc.PayloadsServicer):
             self._state.check_payload_writable(upload.record)
             info = upload.commit()
             ended = ""
-        except asyncio.CancelledError:
-            ended = "cancelled: by the client, a lost connection or the server stopping"
-            raise
-        except ApiError as error:
-            ended = f"refused: {error}"
-            raise
         except OSError as error:  # e.g. the disk is full
-            ended = f"failed: {error}"
+            ended = why_it_ended(error)
             _log.exception("Payloads.Upload failed")
             raise ApiError(
                 ErrorCode.INTERNAL, f"the mock could not store the file: {error}"
             ) from error
+        except BaseException as error:  # refused, cancelled, not saved: logged, then raised
+            ended = why_it_ended(error)
+            raise
         finally:
             if upload is not None:
                 _end(upload, ended)

@@ -4,14 +4,20 @@ gRPC ends the request iterator of a client-streaming handler alike when the clie
 half-closes its stream (it sent everything) and when the call is cancelled or its connection
 is lost, and the cancellation may reach the handler only later. A handler that stores what
 the stream carried (``Payloads.Upload``, ``Models.UploadModel``) asks :func:`client_finished`
-before it commits anything.
+before it commits anything, and logs why an upload ended without storing anything
+(:func:`why_it_ended`).
 """
 
 from __future__ import annotations
 
+import asyncio
+
+from server_mock._errors import ApiError, StorageError
 from server_mock._platform_api.responses import Context
 
-__all__ = ["client_finished"]
+__all__ = ["CLIENT_WENT_AWAY", "client_finished", "why_it_ended"]
+
+CLIENT_WENT_AWAY = "the client went away before the end of its stream"
 
 
 async def client_finished(context: Context) -> bool:
@@ -33,3 +39,14 @@ async def client_finished(context: Context) -> bool:
     except Exception:  # grpc.aio's internal ExecuteBatchError: the call is over
         return False
     return True
+
+
+def why_it_ended(error: BaseException) -> str:
+    """How an upload that ``error`` cut short ended, for the log line that says so."""
+    if isinstance(error, asyncio.CancelledError):
+        return "cancelled: by the client, a lost connection or the server stopping"
+    if isinstance(error, ApiError):
+        return f"refused: {error}"
+    if isinstance(error, StorageError):
+        return f"not saved: {error}"
+    return f"failed: {error}"

@@ -24,7 +24,7 @@ import subprocess
 import sys
 import threading
 import uuid
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -285,6 +285,39 @@ class ServerProcess:
         for stream in (process.stdout, process.stderr):
             if stream is not None:
                 stream.close()
+
+
+class HeldOpenUpload:
+    """A client-streaming call that sends ``requests``, then holds its stream open.
+
+    The server has the data but not the end of the stream, as an upload cut short sees it.
+    :meth:`release` ends the stream and closes the channel; the call's own deadline
+    (4 x ``WAIT``) bounds it when a test never gets there.
+
+    Args:
+        address: The server's ``host:port``.
+        method: The stream-unary method on a channel, e.g. ``lambda c: Stub(c).Upload``.
+        requests: What to send before holding the stream open.
+    """
+
+    def __init__(
+        self,
+        address: str,
+        method: Callable[[grpc.Channel], grpc.StreamUnaryMultiCallable],
+        requests: Iterable[Any],
+    ) -> None:
+        self._gate = threading.Event()
+        self._channel = grpc.insecure_channel(address)
+        self.future = method(self._channel).future(self._send(requests), timeout=4 * WAIT)
+
+    def _send(self, requests: Iterable[Any]) -> Iterator[Any]:
+        yield from requests
+        self._gate.wait(4 * WAIT)  # bounded: the call's own deadline ends it anyway
+
+    def release(self) -> None:
+        """End the stream and close the channel."""
+        self._gate.set()
+        self._channel.close()
 
 
 class OperatorProcess:

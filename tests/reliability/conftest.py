@@ -6,7 +6,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from _faults import ControlServer, OperatorProcess, Recorder, ServerProcess, kill_pids
+from _faults import (
+    ControlServer,
+    HeldOpenUpload,
+    OperatorProcess,
+    Recorder,
+    ServerProcess,
+    kill_pids,
+)
 
 
 @pytest.fixture
@@ -42,3 +49,12 @@ def serve(tmp_path: Path) -> Iterator[ServerProcess]:
         yield server
     finally:
         server.kill()
+
+
+@pytest.fixture
+def held() -> Iterator[list[HeldOpenUpload]]:
+    """Uploads a test holds open; released (and their channels closed) at teardown."""
+    started: list[HeldOpenUpload] = []
+    yield started
+    for upload in started:
+        upload.release()

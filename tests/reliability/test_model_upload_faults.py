@@ -16,14 +16,13 @@ import io
 import sqlite3
 import subprocess
 import sys
-import threading
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
-from _faults import ROOT, WAIT, ServerProcess
+from _faults import ROOT, WAIT, HeldOpenUpload, ServerProcess
 
 from server_mock._errors import ErrorCode
 from server_mock._failpoints import ENV_FAILPOINTS, MODEL_COMMIT_FAILPOINTS
@@ -114,31 +113,11 @@ def model_folders(serve: ServerProcess) -> tuple[list[str], list[Path]]:
     return folders, sorted(uploads.iterdir()) if uploads.is_dir() else []
 
 
-class BlockedUpload:
-    """An upload of a whole archive as ``name`` whose stream stays open until :meth:`release`."""
-
-    def __init__(self, address: str, name: str, data: bytes) -> None:
-        self._gate = threading.Event()
-        self._channel = grpc.insecure_channel(address)
-        stub = models_pb2_grpc.ModelsStub(self._channel)
-        self.future = stub.UploadModel.future(self._chunks(name, data), timeout=4 * WAIT)
-
-    def _chunks(self, name: str, data: bytes) -> Iterator[models_pb2.ModelsUploadModelRequest]:
-        yield from requests(name, data)
-        self._gate.wait(4 * WAIT)  # bounded: the call's own deadline ends it anyway
-
-    def release(self) -> None:
-        self._gate.set()
-        self._channel.close()
-
-
-@pytest.fixture
-def blocked() -> Iterator[list[BlockedUpload]]:
-    """Uploads a test starts; released (and their channels closed) at teardown."""
-    started: list[BlockedUpload] = []
-    yield started
-    for blocked_upload in started:
-        blocked_upload.release()
+def held_upload(address: str, name: str, data: bytes) -> HeldOpenUpload:
+    """An upload of a whole archive as ``name`` whose stream stays open until released."""
+    return HeldOpenUpload(
+        address, lambda c: models_pb2_grpc.ModelsStub(c).UploadModel, requests(name, data)
+    )
 
 
 def start_with_model(serve: ServerProcess) -> tuple[str, Listed]:
@@ -157,15 +136,15 @@ def assert_only_kept(serve: ServerProcess, address: str, before: Listed) -> None
 
 
 def test_a_server_killed_mid_model_upload_leaves_nothing_after_its_restart(
-    serve: ServerProcess, blocked: list[BlockedUpload]
+    serve: ServerProcess, held: list[HeldOpenUpload]
 ) -> None:
     address, before = start_with_model(serve)
-    blocked.append(BlockedUpload(address, "big", archive("big", padding=3 * CHUNK)))
+    held.append(held_upload(address, "big", archive("big", padding=3 * CHUNK)))
     serve.wait_log("receiving model 'big'")
     [partial] = model_folders(serve)[1]
 
     serve.kill()  # SIGKILL mid-stream: no shutdown code runs
-    assert isinstance(blocked[0].future.exception(WAIT), grpc.RpcError)
+    assert isinstance(held[0].future.exception(WAIT), grpc.RpcError)
     assert model_folders(serve)[1] == [partial]  # what the crash left
 
     assert serve.start() == address
@@ -178,16 +157,16 @@ def test_a_server_killed_mid_model_upload_leaves_nothing_after_its_restart(
 
 
 def test_a_model_upload_the_client_cancels_removes_its_folder_at_once_and_stores_nothing(
-    serve: ServerProcess, blocked: list[BlockedUpload]
+    serve: ServerProcess, held: list[HeldOpenUpload]
 ) -> None:
     address, before = start_with_model(serve)
     data = archive("big")
     assert len(data) < CHUNK  # one chunk: once it is received, the whole archive is
-    blocked.append(BlockedUpload(address, "big", data))
+    held.append(held_upload(address, "big", data))
     serve.wait_log("receiving model 'big'")
     assert len(model_folders(serve)[1]) == 1
 
-    assert blocked[0].future.cancel()
+    assert held[0].future.cancel()
     ended = serve.wait_log("Models.UploadModel of model 'big'")
     assert "ended without storing it" in ended and "removed its temporary folder" in ended
     # The whole archive had arrived: a server that took the end of the request stream
@@ -227,16 +206,16 @@ def test_a_model_upload_whose_client_process_is_killed_stores_nothing(
 
 
 def test_a_server_stopped_mid_model_upload_removes_its_folder_before_it_exits(
-    serve: ServerProcess, blocked: list[BlockedUpload]
+    serve: ServerProcess, held: list[HeldOpenUpload]
 ) -> None:
     address, before = start_with_model(serve)
-    blocked.append(BlockedUpload(address, "big", archive("big", padding=3 * CHUNK)))
+    held.append(held_upload(address, "big", archive("big", padding=3 * CHUNK)))
     serve.wait_log("receiving model 'big'")
 
     assert serve.stop() == 0  # SIGTERM: the upload is cancelled on the way down
     assert "removed its temporary folder" in serve.wait_log("Models.UploadModel of model 'big'")
     assert model_folders(serve)[1] == []
-    assert isinstance(blocked[0].future.exception(WAIT), grpc.RpcError)
+    assert isinstance(held[0].future.exception(WAIT), grpc.RpcError)
     serve.start()
     assert_only_kept(serve, address, before)
 

@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import threading
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
-from _faults import ROOT, WAIT, ServerProcess
+from _faults import ROOT, WAIT, HeldOpenUpload, ServerProcess
 
 from server_mock._client import PlatformApiError, PlatformClient
 from server_mock._persistence import default_workspace
@@ -55,38 +53,17 @@ def temp_files(serve: ServerProcess) -> list[Path]:
     return sorted(uploads.iterdir()) if uploads.is_dir() else []
 
 
-class BlockedUpload:
-    """An upload of ``name`` that sends a few chunks, then waits until :meth:`release`."""
-
-    def __init__(self, address: str, payload: uuid.UUID, name: str) -> None:
-        self._gate = threading.Event()
-        self._channel = grpc.insecure_channel(address)
-        stub = payloads_pb2_grpc.PayloadsStub(self._channel)
-        self.future = stub.Upload.future(self._chunks(payload, name), timeout=4 * WAIT)
-
-    def _chunks(
-        self, payload: uuid.UUID, name: str
-    ) -> Iterator[payloads_pb2.PayloadsUploadRequest]:
-        for _ in range(SENT_CHUNKS):
-            yield payloads_pb2.PayloadsUploadRequest(
-                payload_id=common_pb2.Identifier(value=payload.hex),
-                details=payloads_pb2.PayloadFileDetails(name=name),
-                data=b"x" * CHUNK,
-            )
-        self._gate.wait(4 * WAIT)  # bounded: the call's own deadline ends it anyway
-
-    def release(self) -> None:
-        self._gate.set()
-        self._channel.close()
-
-
-@pytest.fixture
-def blocked() -> Iterator[list[BlockedUpload]]:
-    """Uploads a test starts; released (and their channels closed) at teardown."""
-    started: list[BlockedUpload] = []
-    yield started
-    for upload in started:
-        upload.release()
+def held_upload(address: str, payload: uuid.UUID, name: str) -> HeldOpenUpload:
+    """An upload of ``name`` that sends a few chunks, then holds its stream open."""
+    chunks = (
+        payloads_pb2.PayloadsUploadRequest(
+            payload_id=common_pb2.Identifier(value=payload.hex),
+            details=payloads_pb2.PayloadFileDetails(name=name),
+            data=b"x" * CHUNK,
+        )
+        for _ in range(SENT_CHUNKS)
+    )
+    return HeldOpenUpload(address, lambda c: payloads_pb2_grpc.PayloadsStub(c).Upload, chunks)
 
 
 def start_with_payload(serve: ServerProcess, tmp_path: Path) -> tuple[str, uuid.UUID]:
@@ -109,11 +86,11 @@ def assert_no_half_file(address: str, payload: uuid.UUID, name: str, tmp_path: P
 
 
 def test_a_server_killed_mid_upload_leaves_no_temporary_file_after_its_restart(
-    serve: ServerProcess, tmp_path: Path, blocked: list[BlockedUpload]
+    serve: ServerProcess, tmp_path: Path, held: list[HeldOpenUpload]
 ) -> None:
     address, payload = start_with_payload(serve, tmp_path)
-    upload = BlockedUpload(address, payload, "scans/big.raw")
-    blocked.append(upload)
+    upload = held_upload(address, payload, "scans/big.raw")
+    held.append(upload)
     serve.wait_log("receiving 'scans/big.raw'")  # logged once the first chunk is written
     [partial] = temp_files(serve)
     assert partial.stat().st_size >= CHUNK
@@ -137,11 +114,11 @@ def test_a_server_killed_mid_upload_leaves_no_temporary_file_after_its_restart(
 
 
 def test_an_upload_the_client_cancels_removes_its_temporary_file_at_once(
-    serve: ServerProcess, tmp_path: Path, blocked: list[BlockedUpload]
+    serve: ServerProcess, tmp_path: Path, held: list[HeldOpenUpload]
 ) -> None:
     address, payload = start_with_payload(serve, tmp_path)
-    upload = BlockedUpload(address, payload, "big.raw")
-    blocked.append(upload)
+    upload = held_upload(address, payload, "big.raw")
+    held.append(upload)
     serve.wait_log("receiving 'big.raw'")
     assert len(temp_files(serve)) == 1
 
@@ -185,11 +162,11 @@ def test_an_upload_whose_client_process_is_killed_removes_its_temporary_file(
 
 
 def test_a_server_stopped_mid_upload_removes_its_temporary_file_before_it_exits(
-    serve: ServerProcess, tmp_path: Path, blocked: list[BlockedUpload]
+    serve: ServerProcess, tmp_path: Path, held: list[HeldOpenUpload]
 ) -> None:
     address, payload = start_with_payload(serve, tmp_path)
-    upload = BlockedUpload(address, payload, "big.raw")
-    blocked.append(upload)
+    upload = held_upload(address, payload, "big.raw")
+    held.append(upload)
     serve.wait_log("receiving 'big.raw'")
 
     assert serve.stop() == 0  # SIGTERM: the upload is cancelled on the way down
