@@ -41,6 +41,7 @@ from pathlib import Path
 from clara import contract
 from server_mock._definition import OperatorSpec
 from server_mock._jobs import Job, StageSpec
+from server_mock._service_data import SERVICE_DATA_VARIABLE
 
 __all__ = [
     "MODEL_PATHS_VARIABLE",
@@ -76,6 +77,7 @@ PLATFORM_VARIABLES = frozenset(
         contract.ENV_TLS_KEY,
         contract.ENV_TLS_SERVER_NAME,
         MODEL_PATHS_VARIABLE,
+        SERVICE_DATA_VARIABLE,  # services' own (server_mock._service_data)
     }
 )
 """The variables the platform decides for an operator: never inherited from the mock's own

@@ -213,6 +213,7 @@ class LocalProcessLauncher:
         stage_token: Callable[[uuid.UUID, str], str] | None = None,
         launches: LaunchStore | None = None,
         service_ports: Callable[[uuid.UUID, Mapping[str, Mapping[str, int]]], None] | None = None,
+        service_data: Path | None = None,
     ) -> None:
         """Give the launcher its platform's address and token issuer, once the platform exists.
 
@@ -225,7 +226,10 @@ class LocalProcessLauncher:
             service_ports: Told the ports of a job's services before the job starts, to be
                 saved with it (``platform.state.record_service_ports``) and given back to
                 :meth:`resume`.
+            service_data: The services' common volume (``server_mock._service_data``), e.g.
+                ``default_service_data(platform.state.workspace)``; none by default.
         """
+        self._services.service_data = service_data
         self._platform_address = platform_address
         self._stage_token = stage_token
         if launches is not None:

@@ -35,6 +35,8 @@ same command rules):
   cannot be (port taken, exits, never listens, cannot run, ports unknown) fails the stages
   whose operators the runner adopts or would launch, naming it and why.
 * its output goes to the job's ``logs/services/<name>.log`` (:func:`service_log_path`).
+* the common volume (:mod:`server_mock._service_data`): ``NVIDIA_CLARA_SERVICE_DATA_PATH``
+  names it, read-only in the sandbox; ``$(NVIDIA_CLARA_SERVICE_DATA_PATH)`` expands to it.
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ from server_mock._jobs import Job, JobState
 from server_mock._operator_env import PLATFORM_VARIABLES, image_environment
 from server_mock._operator_process import OperatorProcess, start_operator_process
 from server_mock._sandbox import SandboxSettings, program_dirs, sandbox_command
+from server_mock._service_data import SERVICE_DATA_VARIABLE, service_data_mounts, service_data_path
 from server_mock._workspace import JobLayout
 
 __all__ = [
@@ -189,6 +192,8 @@ class ServiceLauncher:
             platform decides for operators are dropped).
         ready_timeout: How long a service has to accept connections on all its ports.
         kill_grace: After SIGTERM, how long before SIGKILL.
+        service_data: The common volume (:mod:`server_mock._service_data`), created when a
+            service starts; ``None``: services get no ``NVIDIA_CLARA_SERVICE_DATA_PATH``.
 
     Used on the platform's event loop only.
     """
@@ -200,7 +205,9 @@ class ServiceLauncher:
         *,
         ready_timeout: float,
         kill_grace: float,
+        service_data: Path | None = None,
     ) -> None:
+        self.service_data = service_data
         self._runner = runner
         self._inherited = inherited
         self._ready_timeout = ready_timeout
@@ -280,7 +287,7 @@ class ServiceLauncher:
                 argv = sandbox_command(
                     command,
                     settings=settings,
-                    stage_mounts=[],
+                    stage_mounts=service_data_mounts(self.service_data),
                     shared_dirs=[] if from_definition or rootfs else program_dirs(command),
                     command_dir=runner.command_dir,
                     rootfs=rootfs,
@@ -403,11 +410,17 @@ class ServiceLauncher:
             env[f"{SERVICE_PORT_PREFIX}{connection}"] = str(port)
         if len(ports) == 1:
             env["PORT"] = str(*ports.values())
+        if self.service_data is not None:  # where the mock mounts it, whatever variables say
+            env[SERVICE_DATA_VARIABLE] = service_data_path(
+                self.service_data, sandboxed=plan.sandboxed
+            )
         if plan.sandboxed:
             image_environment(env, image_root=plan.image_root)
         argv = plan.argv_for(env)
         log_path = service_log_path(layout, plan.key)
         try:
+            if self.service_data is not None:
+                self.service_data.mkdir(parents=True, exist_ok=True)
             log_path.parent.mkdir(parents=True, exist_ok=True)
             with log_path.open("ab") as log:
                 process = start_operator_process(
