@@ -53,6 +53,7 @@ from server_mock._client import JobStatus, PlatformClient
 from server_mock._jobs import InputRef, OutputRef, StageOutcome, StageSpec, StageState
 from server_mock._platform import JobSnapshot, MockPlatform, StageSnapshot
 from server_mock._runner import LocalProcessLauncher, RunnerTimeouts
+from server_mock._service_data import default_service_data
 
 __all__ = [
     "PipelineRun",
@@ -408,7 +409,7 @@ def run_pipeline(
         output_dir: Where the operators' outputs are downloaded (default: a new temporary
             folder, left in place for inspection).
         workspace: The platform's folder for payloads and job data (default: temporary,
-            removed at the end).
+            removed at the end); its ``service-data`` is the services' common volume.
         operator_map: ``image[:tag]`` to argv, overriding containers' commands.
         job_name: The job's name (default: the pipeline's name).
         extra_env: Added to every operator's environment.
@@ -447,7 +448,11 @@ def run_pipeline(
             else Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="clara-pipeline-")))
         )
         platform = MockPlatform(workspace=root, launcher=launcher, require_stage_tokens=True)
-        launcher.attach(lambda: platform.address, platform.stage_tokens.issue)
+        launcher.attach(
+            lambda: platform.address,
+            platform.stage_tokens.issue,
+            service_data=default_service_data(root),
+        )
         platform.start()
         stack.callback(platform.stop)
         stack.callback(lambda: platform.call_async(launcher.stop_all, timeout=_SHUTDOWN_WAIT))

@@ -41,6 +41,7 @@ from server_mock._cli.progress import (
     TransitionTracker,
 )
 from server_mock._cli.runner_args import launcher_from_args
+from server_mock._cli.runner_flags import service_data_folder
 from server_mock._cli.signals import Interrupted, InterruptHandler
 from server_mock._definition import (
     PipelineDefinition,
@@ -95,7 +96,11 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
         platform = MockPlatform(
             workspace=workspace, launcher=launcher, require_stage_tokens=True, capacity=capacity
         )
-        launcher.attach(lambda: platform.address, platform.stage_tokens.issue)
+        launcher.attach(
+            lambda: platform.address,
+            platform.stage_tokens.issue,
+            service_data=service_data_folder(args, workspace),
+        )
         try:
             platform.start()
             session = _Run(

@@ -2,9 +2,10 @@
 
 ``--runner sandbox|process`` (default: the sandbox where bwrap works),
 ``--allow-definition-commands`` (the process runner runs any command a definition gives) and
-``--operator-rootfs IMAGE[:TAG]=DIR`` (run that image's operators in an unpacked image root).
-:func:`runner_options` turns them into :class:`~server_mock._runner.LocalProcessLauncher`
-keyword arguments.
+``--operator-rootfs IMAGE[:TAG]=DIR`` (run that image's operators in an unpacked image root)
+and ``--service-data DIR`` (the services' common volume). :func:`runner_options` turns them
+into :class:`~server_mock._runner.LocalProcessLauncher` keyword arguments;
+:func:`service_data_folder` gives the common volume to ``attach``.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RunnerUsageError", "add_runner_flags", "runner_options"]
+__all__ = ["RunnerUsageError", "add_runner_flags", "runner_options", "service_data_folder"]
 
 _STATE_SUFFIXES = ("", "-wal", "-shm", "-journal", ".workspace")
 
@@ -23,7 +24,7 @@ class RunnerUsageError(ValueError):
 
 
 def add_runner_flags(parser: argparse.ArgumentParser) -> None:
-    """Add ``--runner``, ``--allow-definition-commands`` and ``--operator-rootfs``."""
+    """Add the runner flags (``--runner``, ``--operator-rootfs``, ``--service-data``, ...)."""
     parser.add_argument(
         "--runner",
         choices=("sandbox", "process"),
@@ -45,6 +46,20 @@ def add_runner_flags(parser: argparse.ArgumentParser) -> None:
         help="run operators of this image inside DIR, an unpacked image root (e.g. from "
         "`docker export`), in the sandbox; repeatable",
     )
+    parser.add_argument(
+        "--service-data",
+        type=_service_data_entry,
+        metavar="DIR",
+        help="the services' common volume, named by NVIDIA_CLARA_SERVICE_DATA_PATH (read-only "
+        "at /clara/common in the sandbox); created if missing (default: WORKSPACE/service-data)",
+    )
+
+
+def _service_data_entry(text: str) -> Path:
+    path = Path(text).expanduser().resolve()
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r}: {path} is not a folder")
+    return path
 
 
 def _rootfs_entry(text: str) -> tuple[str, Path]:
@@ -94,3 +109,11 @@ def runner_options(args: argparse.Namespace) -> dict[str, Any]:
         "sandbox": sandbox,
         "allow_definition_commands": args.allow_definition_commands,
     }
+
+
+def service_data_folder(args: argparse.Namespace, workspace: Path) -> Path:
+    """The services' common volume: ``--service-data``, or ``service-data`` in ``workspace``."""
+    from server_mock._service_data import default_service_data  # noqa: PLC0415 (as above)
+
+    folder: Path | None = args.service_data
+    return folder if folder is not None else default_service_data(workspace)

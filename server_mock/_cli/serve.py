@@ -32,6 +32,7 @@ from server_mock._cli.capacity_flags import capacity_from_args
 from server_mock._cli.common import EXIT_OK, UsageError, is_loopback
 from server_mock._cli.connection import ADDRESS_VARIABLE
 from server_mock._cli.runner_args import launcher_from_args
+from server_mock._cli.runner_flags import service_data_folder
 from server_mock._cli.tls_args import TlsUsageError, operator_address, serve_tls_from_args
 from server_mock._jobs import JobState
 from server_mock._platform import MockPlatform
@@ -137,6 +138,7 @@ def serve(args: argparse.Namespace, out: TextIO) -> int:
         platform.stage_tokens.issue,
         platform.state.launches,
         platform.state.record_service_ports,
+        service_data_folder(args, platform.state.workspace),
     )
     stopped = threading.Event()
     received: list[int] = []
