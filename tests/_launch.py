@@ -22,6 +22,7 @@ import grpc
 from server_mock import JobSnapshot, MockPlatform
 from server_mock._client import PlatformClient
 from server_mock._runner import LocalProcessLauncher, RunnerTimeouts
+from server_mock._service_data import default_service_data
 from server_mock._workspace import JobLayout
 
 WAIT = 60.0
@@ -181,7 +182,11 @@ def platform(
         require_stage_tokens=True,
         **(platform_args or {}),
     )
-    launcher.attach(lambda: mock.address, mock.stage_tokens.issue)
+    launcher.attach(
+        lambda: mock.address,
+        mock.stage_tokens.issue,
+        service_data=default_service_data(tmp_path / "workspace"),
+    )
     mock.start()
     try:
         yield Platform(mock, launcher, tmp_path, credentials)

@@ -7,7 +7,8 @@ which address it was given, then waits for the test's "go" before it calls the s
 server is stopped (SIGTERM) or killed (SIGKILL) meanwhile: the service ends with it; the
 restarted server starts it again on the same port before it adopts the operator, whose call
 then reaches it. A service that cannot get its port again fails the job saying so; a stage
-that ended during the outage keeps the outcome it left in its outbox.
+that ended during the outage keeps the outcome it left in its outbox. The service started
+again gets the same common volume (serve's default, ``<state>.workspace/service-data``).
 """
 
 from __future__ import annotations
@@ -26,11 +27,13 @@ import pytest
 import yaml
 from _faults import OPERATOR_SCRIPT, WAIT, ControlServer, ServerProcess, kill_pids, pipeline_yaml
 from _launch import DRIVER_OPERATOR, Listener, driver_operator, listener, pipeline
-from _service_scripts import IMAGE, SERVICE, pid_of, service_definition
+from _service_scripts import IMAGE, MODEL_STORE_COMMAND, SERVICE, pid_of, service_definition
 
 from server_mock._client import JobStatus, PlatformClient
 from server_mock._operator_process import OperatorSignals
+from server_mock._persistence import default_workspace
 from server_mock._sandbox import bwrap_problem
+from server_mock._service_data import default_service_data
 
 # It tells the test the address it was given, waits for "go", then asks the service.
 OPERATOR = """
@@ -278,3 +281,42 @@ def test_with_the_sandbox_runner_the_service_is_started_again_on_its_port(
         server.kill()
         for pid in keepers:
             OperatorSignals(pid, sandboxed=True).kill()  # the whole sandbox, if still there
+
+
+def test_after_a_restart_the_service_gets_the_same_common_volume(
+    tmp_path: Path, server: ServerProcess, test_listener: Listener
+) -> None:
+    # serve's default common volume: service-data in its workspace (here <state>.workspace).
+    common = default_service_data(default_workspace(tmp_path / "state.db"))
+    (common / "models" / "segmentation").mkdir(parents=True)
+    (common / "models" / "segmentation" / "config.pbtxt").write_text("name: segmentation\n")
+    pids: list[int] = []
+    try:
+        address = server.start()
+        operator = driver_operator("infer", OPERATOR, variables={"LISTENER": test_listener.address})
+        services = service_definition("store", test_listener, command=MODEL_STORE_COMMAND)
+        definition = tmp_path / "pipeline.yaml"
+        definition.write_text(pipeline(operator + services))
+        with PlatformClient(address) as client:
+            job_id = client.create_job(client.create_pipeline(definition), "svc", [])
+            client.start_job(job_id)
+        first, said = test_listener.accept()
+        pids.append(pid_of(said, "service"))
+        connection, said = test_listener.accept()
+        pids.append(pid_of(said, "operator"))
+
+        server.kill()
+        assert Listener.closed(first), "the service must end with the server"
+        server.start()
+        again, said = test_listener.accept()
+        pids.append(pid_of(said, "service"))
+        connection.sendall(b"g")
+        answer = json.loads(read_line(connection))
+        assert answer["pid"] == pids[2]
+        assert answer["data_path"] == str(common) and answer["store"] == f"{common}/models"
+        assert answer["config"] == "name: segmentation\n"
+        assert Listener.closed(again)
+        wait_gone(pids[2])
+        assert status(address, job_id).state == "STOPPED"
+    finally:
+        kill_pids(pids)

@@ -114,6 +114,7 @@ def test_the_process_runner_runs_a_definitions_own_code_only_when_allowed(
     [
         (["--operator-rootfs", "no-equals-sign"], "expected IMAGE[:TAG]=DIR"),
         (["--operator-rootfs", "t/x=/nowhere"], "/nowhere is not a folder"),
+        (["--service-data", "p.yaml"], "p.yaml is not a folder"),
         (
             ["--runner", "process", "--operator-rootfs", "t/x=."],
             "--operator-rootfs: the process runner cannot give an operator an image root",
