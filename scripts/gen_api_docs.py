@@ -123,6 +123,17 @@ OPERATOR_ONLY_VARIABLES = {
         "connections*); otherwise not set.",
         f"{_BASE_INFERENCE} and the pipeline definitions that declare that service",
     ),
+    "NVIDIA_CLARA_SERVICE_DATA_PATH": (
+        "Where the common volume (e.g. a model store) is mounted in a pipeline's service "
+        "containers.",
+        "Not set for operators: Clara mounts the volume into services only (a value in the "
+        "mock's own environment is dropped). Each service the mock starts gets it: the folder "
+        "`--service-data` gives (default `<workspace>/service-data`), read-only at "
+        "`/clara/common` in the sandbox (see docs/pipeline-definitions.md, *Services and "
+        "connections*).",
+        "[Clara: Administration](https://docs.nvidia.com/clara-holoscan/archive/"
+        "clara-deploy-0.7.4/ClaraAdministration.html) (`commonVolume`)",
+    ),
     "CUDA_VISIBLE_DEVICES": (
         "The GPUs the operator may use.",
         "Set: the GPUs its `requests.gpu` gave the operator (under `serve` and `run`, reserved "
