@@ -20,6 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from server_mock._operator_process import stat_fields
+
 __all__ = ["LaunchRecord", "LaunchStatus", "LaunchStore", "ProcessIdentity", "identity_of"]
 
 _BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
@@ -49,11 +51,10 @@ def identity_of(pid: int, *, running: bool = False) -> ProcessIdentity | None:
         pid: The process id.
         running: Count a zombie (ended, not yet reaped by its parent) as no process.
     """
+    fields = stat_fields(pid)
+    if not fields or (running and fields[0] in _ENDED_STATES):
+        return None
     try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            fields = stat.read().rsplit(b")", 1)[1].split()
-        if running and fields[0] in _ENDED_STATES:
-            return None
         boot_id = _BOOT_ID.read_text(encoding="ascii").strip()
         return ProcessIdentity(pid, int(fields[_START_TIME_FIELD]), boot_id)
     except (OSError, IndexError, ValueError):

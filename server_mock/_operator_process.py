@@ -37,6 +37,7 @@ __all__ = [
     "OperatorSignals",
     "ProcessHandle",
     "start_operator_process",
+    "stat_fields",
     "wait_for_pidfd",
 ]
 
@@ -211,18 +212,26 @@ def _kill_session(sid: int) -> None:
         _signal_pid(pid, signal.SIGKILL)
 
 
+def stat_fields(pid: int) -> list[bytes] | None:
+    """The fields of ``/proc/<pid>/stat`` after the command's name, or ``None`` if it is gone.
+
+    They start with the state, the parent, the group and the session; the name (in
+    parentheses, and free to contain them) is skipped.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rsplit(b")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
 def _session_members(sid: int) -> list[int]:
     members = []
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
-        try:
-            with open(f"/proc/{entry.name}/stat", "rb") as stat:
-                fields = stat.read().rsplit(b")", 1)[1].split()
-        except (OSError, IndexError):
-            continue  # gone meanwhile
-        # After the command's name: state, ppid, pgrp, session, ...
-        if len(fields) > 3 and int(fields[3]) == sid:
+        fields = stat_fields(int(entry.name))  # None: gone meanwhile
+        if fields is not None and len(fields) > 3 and int(fields[3]) == sid:
             members.append(int(entry.name))
     return members
 
